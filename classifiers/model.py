@@ -1,0 +1,123 @@
+"""Loading a CLIP checkpoint through `transformers` and encoding texts and images with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from classifiers.errors import ModelLoadError
+from classifiers.preprocess import ImageSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+TEXT_BATCH = 256
+
+HOW_TO_FIX = (
+    "Point the service at a local copy: download the checkpoint on a machine with internet "
+    "(`hf download {model} --local-dir ./models/clip`), copy the folder here, and set "
+    "`args.model: ./models/clip` in serve_config.yaml or MODERATION_MODEL=/abs/path/to/clip."
+)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` is float16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _features(output):
+    # transformers 5 returns a model output whose pooler_output is the projected embedding.
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+class ClipEncoder:
+    """A loaded CLIP model: L2-normalised text and image embeddings, and its logit scale."""
+
+    def __init__(self, model, tokenizer, image_spec: ImageSpec, name: str, device: str, dtype):
+        import torch
+
+        self.model, self.tokenizer, self.image_spec = model, tokenizer, image_spec
+        self.name, self.device, self.dtype = name, device, dtype
+        self.logit_scale = float(model.logit_scale.exp().item())
+        self.dim = int(model.config.projection_dim)
+        self._mean = torch.tensor(image_spec.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(image_spec.std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), TEXT_BATCH):
+                tokens = self.tokenizer(
+                    list(texts[start : start + TEXT_BATCH]), padding=True, truncation=True,
+                    max_length=self.model.config.text_config.max_position_embeddings,
+                    return_tensors="pt",
+                ).to(self.device)
+                features = _features(self.model.get_text_features(**tokens)).float()
+                out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels``: uint8 ``(n, size, size, 3)`` from ``decode_image``."""
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+            batch = (batch.permute(0, 3, 1, 2).float() - self._mean) / self._std
+            features = _features(self.model.get_image_features(pixel_values=batch.to(self.dtype)))
+            return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def _image_spec(path_or_id: str) -> ImageSpec:
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(path_or_id)
+    size = processor.crop_size
+    size = size["height"] if isinstance(size, dict) else size.height
+    return ImageSpec(size=int(size), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
+
+
+def load_clip(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> ClipEncoder:
+    """Load a CLIP checkpoint (hub id or local directory) for inference.
+
+    Raises ``ModelLoadError`` with a one-paragraph message on any failure to get the weights.
+    """
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    local = os.path.isdir(os.path.expanduser(model))
+    source = os.path.expanduser(model) if local else model
+    try:
+        clip = CLIPModel.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        spec = _image_spec(source)
+    except Exception as exc:  # noqa: BLE001 - every cause gets the same actionable message
+        where = f"local directory {source!r}" if local else f"Hugging Face model {model!r}"
+        raise ModelLoadError(
+            f"Could not load the CLIP checkpoint from the {where}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}. "
+            + HOW_TO_FIX.format(model=model)
+        ) from None
+    logger.info("loaded %s on %s (%s)", model, device, torch_dtype)
+    return ClipEncoder(clip, tokenizer, spec, name=model, device=device, dtype=torch_dtype)

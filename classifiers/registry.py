@@ -1,0 +1,33 @@
+"""The built-in classifiers by name, and selection of them for a request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from classifiers.errors import ModerationError
+from classifiers.face_attributes import FACE_ATTRIBUTES
+from classifiers.gore import GORE
+from classifiers.labels import LabelSet
+from classifiers.nudity import NUDITY
+from classifiers.offensive import OFFENSIVE
+
+BUILTIN_CLASSIFIERS: dict[str, LabelSet] = {
+    s.name: s for s in (NUDITY, GORE, OFFENSIVE, FACE_ATTRIBUTES)
+}
+
+
+def select_builtins(names: Iterable[str] | None) -> tuple[str, ...]:
+    """Names to run: all built-ins for ``None``, else the given ones in order, de-duplicated.
+
+    Raises ``unknown_classifier`` naming every unknown name and the known ones.
+    """
+    if names is None:
+        return tuple(BUILTIN_CLASSIFIERS)
+    chosen = tuple(dict.fromkeys(names))
+    unknown = [n for n in chosen if n not in BUILTIN_CLASSIFIERS]
+    if unknown:
+        raise ModerationError(
+            "unknown_classifier",
+            f"unknown classifier(s) {unknown}; known: {sorted(BUILTIN_CLASSIFIERS)}",
+        )
+    return chosen

@@ -1,0 +1,116 @@
+"""The HTTP API's request and response models (importable without Ray or torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from classifiers.labels import MAX_CUSTOM_LABELS, MIN_CUSTOM_LABELS
+
+
+class ClassifyOptions(BaseModel):
+    """What to run on the image; shared by JSON bodies and multipart form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifiers: list[str] | None = Field(
+        None, description="Built-in classifiers to run; all of them when omitted. "
+        "Send an empty list to run only the custom `labels`.", max_length=32,
+    )
+    labels: list[str] | None = Field(
+        None, min_length=MIN_CUSTOM_LABELS, max_length=MAX_CUSTOM_LABELS,
+        description="A custom exclusive classifier: label texts of your choosing (result `custom`).",
+        examples=[["a cat", "a dog", "a car"]],
+    )
+    unsafe_labels: list[str] = Field(
+        default_factory=list, description="Which of `labels` count as unsafe for `flagged`."
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="Flag threshold for the custom classifier (default 0.5)."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> "ClassifyOptions":
+        if self.classifiers == [] and not self.labels:
+            raise ValueError("nothing to run: no classifiers and no labels")
+        if self.unsafe_labels and not self.labels:
+            raise ValueError("unsafe_labels needs labels")
+        return self
+
+
+class ClassifyJsonRequest(ClassifyOptions):
+    """JSON body of ``POST /v1/classify``: exactly one of ``url`` or ``image_base64``."""
+
+    url: str | None = Field(None, max_length=4096, examples=["https://example.com/cat.jpg"])
+    image_base64: str | None = Field(None, description="The image file, base64-encoded.")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "ClassifyJsonRequest":
+        if (self.url is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of `url` or `image_base64`")
+        return self
+
+
+class ClassifierResult(BaseModel):
+    """One classifier's verdict."""
+
+    name: str
+    kind: Literal["exclusive", "attributes"]
+    scores: dict[str, float] = Field(description="Every label's score, in declaration order.")
+    top_label: str
+    top_score: float
+    unsafe_labels: list[str]
+    unsafe_score: float = Field(
+        description="Exclusive: summed probability of unsafe labels; attributes: the largest."
+    )
+    threshold: float
+    flagged: bool = Field(description="unsafe_score >= threshold (never true without unsafe labels).")
+
+
+class Timing(BaseModel):
+    total_ms: float
+    decode_ms: float
+    inference_ms: float = Field(description="Waiting for a batch and the forward pass.")
+
+
+class ClassifyResponse(BaseModel):
+    """``POST /v1/classify`` result."""
+
+    request_id: str
+    model: str
+    flagged: bool = Field(description="True if any classifier flagged the image.")
+    results: dict[str, ClassifierResult]
+    timing: Timing
+
+
+class ClassifierInfo(BaseModel):
+    name: str
+    kind: Literal["exclusive", "attributes"]
+    description: str
+    labels: list[str]
+    unsafe_labels: list[str]
+    threshold: float
+    prompts: dict[str, list[str]]
+
+
+class ClassifiersResponse(BaseModel):
+    model: str
+    classifiers: list[ClassifierInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unknown_classifier"])
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """The one error body, for every 4xx and 5xx."""
+
+    error: ErrorDetail

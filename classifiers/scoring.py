@@ -1,0 +1,57 @@
+"""Scoring an image embedding against a head, and the flag decision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from classifiers.heads import Head
+from classifiers.results import ClassifierResult
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def label_scores(head: Head, embedding: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Per-label scores: a softmax over exclusive labels, or each attribute against its negation.
+
+    ``embedding`` is one L2-normalised image embedding; logits are cosine × ``logit_scale``.
+    """
+    logits = logit_scale * (head.matrix @ embedding.astype(np.float32))
+    if head.label_set.kind == "exclusive":
+        return softmax(logits)
+    return sigmoid(logits[0::2] - logits[1::2])  # two-way softmax: label vs its negation
+
+
+def score(
+    head: Head, embedding: np.ndarray, logit_scale: float, threshold: float | None = None
+) -> ClassifierResult:
+    """Score one image for one classifier and decide whether it is flagged."""
+    label_set = head.label_set
+    threshold = label_set.threshold if threshold is None else threshold
+    probs = label_scores(head, embedding, logit_scale)
+    names = label_set.label_names
+    unsafe_idx = [names.index(u) for u in label_set.unsafe]
+    if not unsafe_idx:
+        unsafe_score = 0.0
+    elif label_set.kind == "exclusive":
+        unsafe_score = float(probs[unsafe_idx].sum())
+    else:
+        unsafe_score = float(probs[unsafe_idx].max())
+    top = int(np.argmax(probs))
+    return ClassifierResult(
+        name=label_set.name,
+        kind=label_set.kind,
+        scores={n: round(float(p), 6) for n, p in zip(names, probs)},
+        top_label=names[top],
+        top_score=round(float(probs[top]), 6),
+        unsafe_labels=label_set.unsafe,
+        unsafe_score=round(unsafe_score, 6),
+        threshold=threshold,
+        flagged=bool(unsafe_idx) and unsafe_score >= threshold,
+    )

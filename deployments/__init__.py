@@ -1,0 +1,1 @@
+"""Ray Serve deployments (thin) and the application builder in ``app.py``."""

@@ -1,0 +1,30 @@
+"""The application graph: the only place that binds deployments (``import_path`` target)."""
+
+from __future__ import annotations
+
+import os
+
+from ray.serve import Application
+
+from deployments.clip_model import ClipModel
+from deployments.fetcher import ImageFetcher
+from deployments.ingress import Ingress
+from deployments.settings import AppArgs
+
+ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device"}
+
+
+def build_app(args: AppArgs) -> Application:
+    """Bind Ingress → (ImageFetcher, ClipModel), each with its slice of the settings.
+
+    Serve validates ``args`` from serve_config.yaml against ``AppArgs``. MODERATION_MODEL and
+    MODERATION_DEVICE override ``model`` and ``device`` when set.
+    """
+    overrides = {field: os.environ[env] for env, field in ENV_OVERRIDES.items() if os.environ.get(env)}
+    if overrides:
+        args = AppArgs.model_validate({**args.model_dump(), **overrides})
+    model = ClipModel.options(user_config=args.runtime_config().model_dump()).bind(
+        args.model_settings()
+    )
+    fetcher = ImageFetcher.bind(args.fetch)
+    return Ingress.bind(fetcher, model, args.ingress_settings())

@@ -1,0 +1,157 @@
+"""The ``ClipModel`` deployment: decode, batch, encode, and score against every head."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from ray import serve
+
+from classifiers.errors import ModerationError
+from classifiers.heads import Head, HeadCache, build_head
+from classifiers.labels import LabelSet, custom_label_set
+from classifiers.model import load_clip
+from classifiers.preprocess import decode_image
+from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
+from classifiers.results import Classification
+from classifiers.scoring import score
+from deployments.settings import ModelSettings, RuntimeConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+def _torch_threads(requested: int | None) -> int:
+    """Requested threads, else the CPUs Ray gave this replica (Ray's default of 1 is too few)."""
+    if requested:
+        return requested
+    import ray
+
+    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+class ClipModel:
+    """One CLIP checkpoint per replica; text heads built once at start-up."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        import torch
+
+        self.settings = settings
+        torch.set_num_threads(_torch_threads(settings.torch_threads))
+        self.encoder = load_clip(settings.model, settings.device, settings.dtype)
+        self.heads = {
+            name: build_head(label_set, self.encoder.encode_text)
+            for name, label_set in BUILTIN_CLASSIFIERS.items()
+        }
+        self.custom_heads = HeadCache(settings.custom_head_cache_size)
+        self.runtime = RuntimeConfig()
+        logger.info("ClipModel ready: %s, %d torch threads", settings.model, torch.get_num_threads())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply batch size, batch wait and thresholds without restarting the replica."""
+        self.runtime = RuntimeConfig.model_validate(user_config)
+        self.embed.set_max_batch_size(self.runtime.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(self.runtime.batch_wait_timeout_s)
+
+    async def classify(
+        self,
+        image: bytes | ModerationError,
+        classifiers: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        unsafe_labels: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> Classification:
+        """Classify one image with the named built-ins (default all) and optional custom labels.
+
+        ``image`` is the file's bytes (or a fetch error, which is raised). Bad input raises
+        ``ModerationError``; handle callers get the same ``Classification`` as HTTP callers.
+        """
+        outcome = await self.try_classify(image, classifiers, labels, unsafe_labels, threshold)
+        if isinstance(outcome, ModerationError):
+            raise outcome
+        return outcome
+
+    async def try_classify(
+        self,
+        image: bytes | ModerationError,
+        classifiers: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        unsafe_labels: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> Classification | ModerationError:
+        """``classify``, returning bad-input errors instead of raising them (for the ingress:
+        hostile input is routine, not a replica failure to log with a traceback)."""
+        try:
+            if isinstance(image, ModerationError):
+                return image
+            return await self._classify(image, classifiers, labels, unsafe_labels, threshold)
+        except ModerationError as error:
+            return error
+
+    async def _classify(
+        self,
+        image: bytes,
+        classifiers: Sequence[str] | None,
+        labels: Sequence[str] | None,
+        unsafe_labels: Sequence[str],
+        threshold: float | None,
+    ) -> Classification:
+        names = select_builtins(classifiers)
+        heads = [self.heads[name] for name in names]
+        if labels:
+            custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
+            heads.append(await self._custom_head(custom))
+        start = time.perf_counter()
+        pixels = await asyncio.to_thread(
+            decode_image, image, self.encoder.image_spec,
+            self.settings.max_image_pixels, self.settings.jpeg_draft,
+        )
+        decoded = time.perf_counter()
+        embedding = await self.embed(pixels)
+        done = time.perf_counter()
+        thresholds = self.runtime.thresholds
+        return Classification(
+            model=self.encoder.name,
+            results=tuple(
+                score(head, embedding, self.encoder.logit_scale, thresholds.get(head.label_set.name))
+                for head in heads
+            ),
+            decode_ms=round((decoded - start) * 1000, 2),
+            inference_ms=round((done - decoded) * 1000, 2),
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass for the whole batch, off the event loop."""
+        embeddings = await asyncio.to_thread(self.encoder.encode_images, np.stack(pixels))
+        return list(embeddings)
+
+    async def _custom_head(self, label_set: LabelSet) -> Head:
+        key = label_set.label_names
+        matrix = self.custom_heads.get(key)
+        if matrix is None:
+            head = await asyncio.to_thread(build_head, label_set, self.encoder.encode_text)
+            self.custom_heads.put(key, head.matrix)
+            return head
+        return Head(label_set, matrix)
+
+    def catalog(self) -> dict:
+        """Built-in classifiers with their labels, prompts and the thresholds in force."""
+        return {
+            "model": self.encoder.name,
+            "classifiers": [
+                {
+                    "name": s.name, "kind": s.kind, "description": s.description,
+                    "labels": list(s.label_names), "unsafe_labels": list(s.unsafe),
+                    "threshold": self.runtime.thresholds.get(s.name, s.threshold),
+                    "prompts": {label.name: list(label.prompts) for label in s.labels},
+                }
+                for s in BUILTIN_CLASSIFIERS.values()
+            ],
+        }
+
+    def model_name(self) -> str:
+        return self.encoder.name

@@ -1,0 +1,96 @@
+"""The ``Ingress`` deployment: the HTTP API (FastAPI) in front of the fetcher and the model."""
+
+
+import asyncio
+import time
+
+from fastapi import FastAPI, Request
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from classifiers.errors import ModerationError
+from classifiers.schemas import (
+    ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HealthResponse,
+)
+from deployments.parsing import parse_classify_request
+from deployments.responses import (
+    ERROR_RESPONSES, as_moderation_error, build_classify_response, install_error_handlers,
+    request_id_of,
+)
+from deployments.settings import IngressSettings
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "classifiers": {"type": "array", "items": {"type": "string"}},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "unsafe_labels": {"type": "array", "items": {"type": "string"}},
+        "threshold": {"type": "number"},
+    },
+}
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+            "application/json": {"schema": ClassifyJsonRequest.model_json_schema()},
+        },
+    }
+}
+
+app = FastAPI(
+    title="CLIP image moderation",
+    version="0.1.0",
+    description="Zero-shot image moderation (nudity, gore, offensive, face attributes) "
+    "and custom labels with CLIP, served by Ray Serve.",
+)
+install_error_handlers(app)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+@serve.ingress(app)
+class Ingress:
+    def __init__(
+        self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
+    ) -> None:
+        self.fetcher, self.model, self.settings = fetcher, model, settings
+
+    async def _call(self, response, timeout_s: float | None = None):
+        try:
+            return await asyncio.wait_for(response, timeout_s or self.settings.request_timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise ModerationError("request_timeout", "the request took too long") from None
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
+            raise as_moderation_error(exc) from None
+
+    @app.post(
+        "/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+        openapi_extra=CLASSIFY_BODY,
+    )
+    async def classify(self, request: Request) -> ClassifyResponse:
+        """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
+        start = time.perf_counter()
+        parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
+        image = self.fetcher.fetch.remote(parsed.url) if parsed.url else parsed.data
+        result = await self._call(self.model.try_classify.remote(image, **parsed.model_kwargs))
+        if isinstance(result, ModerationError):
+            raise result
+        total_ms = (time.perf_counter() - start) * 1000
+        return build_classify_response(result, request_id_of(request), total_ms)
+
+    @app.get("/v1/classifiers", response_model=ClassifiersResponse)
+    async def classifiers(self) -> ClassifiersResponse:
+        """List the built-in classifiers: labels, unsafe labels, thresholds and prompts."""
+        return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
+
+    @app.get("/healthz", response_model=HealthResponse, responses={503: ERROR_RESPONSES[503]})
+    async def healthz(self) -> HealthResponse:
+        """Answers 200 once a model replica is loaded and answering."""
+        try:
+            name = await self._call(self.model.model_name.remote(), timeout_s=5.0)
+        except ModerationError:
+            raise ModerationError("model_unavailable", "the model is not ready") from None
+        return HealthResponse(status="ok", model=name)

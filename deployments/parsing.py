@@ -1,0 +1,146 @@
+"""Reading ``POST /v1/classify`` bodies: multipart upload, or JSON with ``url``/``image_base64``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from classifiers.errors import ModerationError
+from classifiers.labels import custom_label_set
+from classifiers.registry import select_builtins
+from classifiers.schemas import ClassifyJsonRequest, ClassifyOptions
+
+MULTIPART_OVERHEAD = 64 * 1024  # room for form fields and boundaries around the file
+LIST_FIELDS = ("classifiers", "labels", "unsafe_labels")
+
+
+@dataclass(frozen=True)
+class ClassifyInput:
+    """A validated request: the image (bytes, or a URL to fetch) and what to run on it."""
+
+    options: ClassifyOptions
+    data: bytes | None = None
+    url: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def _model_kwargs(options: ClassifyOptions) -> dict:
+    """Validate what to run before any fetch or model call, and shape it for the model."""
+    select_builtins(options.classifiers)
+    if options.labels:
+        custom_label_set(options.labels, options.unsafe_labels, options.threshold or 0.5)
+    return {
+        "classifiers": options.classifiers,
+        "labels": options.labels,
+        "unsafe_labels": options.unsafe_labels,
+        "threshold": options.threshold,
+    }
+
+
+def _check_declared_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ModerationError("image_too_large", f"the request body is larger than {limit} bytes")
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ModerationError("image_too_large", f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_base64(text: str, max_bytes: int) -> bytes:
+    """Strict base64 (an optional ``data:...;base64,`` prefix and whitespace are fine)."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split())
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModerationError("invalid_request", "image_base64 is not valid base64") from None
+
+
+async def _parse_json(request: Request, max_bytes: int) -> ClassifyInput:
+    # base64 inflates by 4/3; the cap leaves room for that and the other fields.
+    body = await _read_capped(request, max_bytes * 4 // 3 + MULTIPART_OVERHEAD)
+    try:
+        parsed = ClassifyJsonRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ModerationError("invalid_request", _validation_message(exc)) from None
+    data = decode_base64(parsed.image_base64, max_bytes) if parsed.image_base64 is not None else None
+    return ClassifyInput(parsed, data=data, url=parsed.url, model_kwargs=_model_kwargs(parsed))
+
+
+def _form_list(values: list[str]) -> list[str]:
+    """Repeated fields, a JSON array, or one comma-separated value."""
+    if len(values) == 1:
+        value = values[0].strip()
+        if value.startswith("["):
+            try:
+                return [str(v) for v in json.loads(value)]
+            except (ValueError, TypeError):
+                raise ModerationError("invalid_request", f"malformed JSON list: {value[:80]}") from None
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return values
+
+
+async def _parse_multipart(request: Request, max_bytes: int) -> ClassifyInput:
+    form = await request.form(max_files=1, max_fields=400)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ModerationError("invalid_request", "multipart requests need a `file` part")
+        fields = {}
+        for name in LIST_FIELDS:
+            values = [v for v in form.getlist(name) if isinstance(v, str)]
+            if values:
+                fields[name] = _form_list(values)
+        if form.get("threshold"):
+            fields["threshold"] = form.get("threshold")
+        unknown = set(form.keys()) - {"file", "threshold", *LIST_FIELDS}
+        if unknown:
+            raise ModerationError("invalid_request", f"unknown form fields {sorted(unknown)}")
+        try:
+            options = ClassifyOptions.model_validate(fields)
+        except ValidationError as exc:
+            raise ModerationError("invalid_request", _validation_message(exc)) from None
+        data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
+        return ClassifyInput(options, data=data, model_kwargs=_model_kwargs(options))
+    finally:
+        await form.close()
+
+
+async def parse_classify_request(request: Request, max_bytes: int) -> ClassifyInput:
+    """Validate the body of ``POST /v1/classify`` into a ``ClassifyInput``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    _check_declared_size(request, max_bytes * 4 // 3 + MULTIPART_OVERHEAD)
+    if content_type == "application/json":
+        return await _parse_json(request, max_bytes)
+    if content_type == "multipart/form-data":
+        return await _parse_multipart(request, max_bytes)
+    raise ModerationError(
+        "unsupported_media_type",
+        "send multipart/form-data with a `file` part, or application/json with `url` or `image_base64`",
+    )

@@ -1,0 +1,96 @@
+"""Typed application arguments (``args`` in serve_config.yaml) and each deployment's slice."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from classifiers.model import DEFAULT_MODEL
+from classifiers.registry import BUILTIN_CLASSIFIERS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FetchSettings(_Strict):
+    """Limits for downloading ``url`` images (the ``ImageFetcher`` deployment)."""
+
+    timeout_s: float = Field(5.0, gt=0, description="Total time for one download, redirects included.")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    max_bytes: int = Field(10_000_000, gt=0, description="Downloads larger than this are cut off (413).")
+    max_redirects: int = Field(3, ge=0)
+    allowed_ports: tuple[int, ...] = (80, 443)
+    allowed_networks: tuple[str, ...] = Field(
+        (), description="Extra networks (CIDR) that may be fetched from, e.g. for a private "
+        "deployment; empty by default, so only public addresses are reachable.",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+
+class RuntimeConfig(_Strict):
+    """Model settings that may change without a restart (the ``ClipModel`` user_config)."""
+
+    max_batch_size: int = Field(16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per built-in classifier flag thresholds."
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(BUILTIN_CLASSIFIERS)
+        if unknown:
+            raise ValueError(f"thresholds for unknown classifiers {sorted(unknown)}")
+        if any(not 0 < t <= 1 for t in value.values()):
+            raise ValueError("thresholds must be in (0, 1]")
+        return value
+
+
+class ModelSettings(_Strict):
+    """How the ``ClipModel`` replicas load and run the checkpoint."""
+
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or a local directory.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: str = Field("auto", pattern=r"^(auto|float32|float16|bfloat16)$")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads; default: the CPUs Ray assigned the replica."
+    )
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    jpeg_draft: bool = Field(True, description="Decode large JPEGs at reduced scale (faster).")
+    custom_head_cache_size: int = Field(256, ge=1)
+
+
+class IngressSettings(_Strict):
+    max_upload_bytes: int = Field(10_000_000, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
+    """Everything ``args:`` in serve_config.yaml may set, flat; each deployment gets its slice.
+
+    Env MODERATION_MODEL and MODERATION_DEVICE, when set, override ``model`` and ``device``
+    (read by the app builder, never at import time).
+    """
+
+    fetch: FetchSettings = FetchSettings()
+
+    def _slice(self, cls: type[_Strict]) -> _Strict:
+        return cls(**self.model_dump(include=set(cls.model_fields)))
+
+    def model_settings(self) -> ModelSettings:
+        return self._slice(ModelSettings)
+
+    def runtime_config(self) -> RuntimeConfig:
+        return self._slice(RuntimeConfig)
+
+    def ingress_settings(self) -> IngressSettings:
+        return self._slice(IngressSettings)

@@ -1,0 +1,60 @@
+"""Which URLs and addresses the fetcher may reach: public unicast only, unless allow-listed."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from yarl import URL
+
+from classifiers.errors import ModerationError
+from deployments.settings import FetchSettings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Not covered by ``is_global``'s complement on every Python version.
+EXTRA_BLOCKED = tuple(
+    ipaddress.ip_network(n) for n in ("100.64.0.0/10", "0.0.0.0/8", "192.0.0.0/24", "64:ff9b::/96")
+)
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: FetchSettings) -> "AddressPolicy":
+        return cls(tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks))
+
+    def allows(self, address: str | IPAddress) -> bool:
+        """True for public unicast addresses and for addresses in an allow-listed network."""
+        try:
+            ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allowed_networks if net.version == ip.version):
+            return True
+        if not ip.is_global or ip.is_multicast or ip.is_reserved:
+            return False
+        return not any(ip in net for net in EXTRA_BLOCKED if net.version == ip.version)
+
+
+def check_url(url: URL, settings: FetchSettings, policy: AddressPolicy) -> None:
+    """Refuse a URL before any connection: scheme, credentials, port and IP-literal hosts."""
+    if url.scheme not in ("http", "https"):
+        raise ModerationError("url_forbidden", "only http and https URLs can be fetched")
+    if url.user is not None or url.password is not None:
+        raise ModerationError("url_forbidden", "URLs with credentials are not allowed")
+    if not url.host:
+        raise ModerationError("url_forbidden", "the URL has no host")
+    if url.port not in settings.allowed_ports:
+        raise ModerationError("url_forbidden", f"port {url.port} is not allowed")
+    try:
+        literal = ipaddress.ip_address(url.host.strip("[]"))
+    except ValueError:
+        return  # a name: the guarded resolver checks every address it resolves to
+    if not policy.allows(literal):
+        raise ModerationError("url_forbidden", "the URL points to a forbidden address")
