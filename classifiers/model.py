@@ -18,9 +18,13 @@ TEXT_BATCH = 256
 
 HOW_TO_FIX = (
     "Point the service at a local copy: download the checkpoint on a machine with internet "
-    "(`hf download {model} --local-dir ./models/clip`), copy the folder here, and set "
-    "`args.model: ./models/clip` in serve_config.yaml or MODERATION_MODEL=/abs/path/to/clip."
+    "(`hf download {hub_id} --local-dir clip`), copy the folder here, and set "
+    "`args.model: /abs/path/to/clip` in serve_config.yaml or MODERATION_MODEL=/abs/path/to/clip."
 )
+
+
+def _looks_local(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(model))
 
 
 def resolve_device(device: str) -> str:
@@ -94,6 +98,36 @@ def _image_spec(path_or_id: str) -> ImageSpec:
     return ImageSpec(size=int(size), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
 
 
+def _load_error(model: str, exc: BaseException) -> ModelLoadError:
+    local = _looks_local(model)
+    where = f"local directory {os.path.expanduser(model)!r}" if local else f"Hugging Face model {model!r}"
+    detail = str(exc).splitlines()[0].rstrip(".") if str(exc) else ""
+    return ModelLoadError(
+        f"Could not load the CLIP checkpoint from the {where}: {type(exc).__name__}: {detail}. "
+        + HOW_TO_FIX.format(hub_id=DEFAULT_MODEL if local else model)
+    )
+
+
+def check_model_available(model: str) -> None:
+    """Raise ``ModelLoadError`` unless the checkpoint can be had: a local directory with a
+    ``config.json``, or a hub id whose files are cached or downloadable. Cheap: one small file."""
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise _load_error(model, FileNotFoundError(f"no config.json in {path}"))
+        return
+    if _looks_local(model):
+        raise _load_error(model, FileNotFoundError(f"no such directory: {path}"))
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    try:
+        hf_hub_download(model, "config.json")
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one message
+        raise _load_error(model, exc) from None
+
+
 def load_clip(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> ClipEncoder:
     """Load a CLIP checkpoint (hub id or local directory) for inference.
 
@@ -106,18 +140,12 @@ def load_clip(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     hf_logging.disable_progress_bar()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    local = os.path.isdir(os.path.expanduser(model))
-    source = os.path.expanduser(model) if local else model
+    source = os.path.expanduser(model) if os.path.isdir(os.path.expanduser(model)) else model
     try:
         clip = CLIPModel.from_pretrained(source, dtype=torch_dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
         spec = _image_spec(source)
     except Exception as exc:  # noqa: BLE001 - every cause gets the same actionable message
-        where = f"local directory {source!r}" if local else f"Hugging Face model {model!r}"
-        raise ModelLoadError(
-            f"Could not load the CLIP checkpoint from the {where}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}. "
-            + HOW_TO_FIX.format(model=model)
-        ) from None
+        raise _load_error(model, exc) from None
     logger.info("loaded %s on %s (%s)", model, device, torch_dtype)
     return ClipEncoder(clip, tokenizer, spec, name=model, device=device, dtype=torch_dtype)

@@ -1,7 +1,5 @@
 """The application graph: the only place that binds deployments (``import_path`` target)."""
 
-from __future__ import annotations
-
 import os
 
 from ray.serve import Application

@@ -1,0 +1,54 @@
+"""``moderation-serve``: check the model can be had, then hand over to ``serve run``.
+
+``serve run`` with a config file keeps running when a deployment fails and prints Ray's
+tracebacks; this launcher fails first, with one message, when the weights cannot be had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+import yaml
+
+from classifiers.errors import ModelLoadError
+from classifiers.model import check_model_available
+from deployments.app import ENV_OVERRIDES
+from deployments.settings import AppArgs
+
+
+def model_of(config_path: str) -> str:
+    """The model the config's (first) application will load, env overrides applied."""
+    with open(config_path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh)
+    args = AppArgs.model_validate(config["applications"][0].get("args") or {})
+    env = {field: os.environ[var] for var, field in ENV_OVERRIDES.items() if os.environ.get(var)}
+    return env.get("model", args.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moderation-serve", description=__doc__)
+    parser.add_argument("config", nargs="?", default="serve_config.yaml")
+    parser.add_argument("--check-only", action="store_true", help="check the model and exit")
+    args, serve_args = parser.parse_known_args(argv)
+    try:
+        model = model_of(args.config)
+        check_model_available(model)
+    except ModelLoadError as exc:
+        print(f"moderation-serve: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"moderation-serve: cannot read {args.config}: {exc}", file=sys.stderr)
+        return 2
+    print(f"moderation-serve: model {model} is available", file=sys.stderr)
+    if args.check_only:
+        return 0
+    serve = shutil.which("serve") or "serve"
+    os.execv(serve, [serve, "run", args.config, *serve_args])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
