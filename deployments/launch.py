@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 import yaml
@@ -45,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"moderation-serve: model {model} is available", file=sys.stderr)
     if args.check_only:
         return 0
-    serve = shutil.which("serve") or "serve"
-    os.execv(serve, [serve, "run", args.config, *serve_args])
-    return 0  # not reached
+    from ray.serve.scripts import cli
+
+    return cli.main(["run", args.config, *serve_args], prog_name="serve")
 
 
 if __name__ == "__main__":
