@@ -40,6 +40,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ModerationError("image_too_large", "the image has too many pixels") from None
     except UnidentifiedImageError:
         raise ModerationError("unsupported_media_type", "the data is not a supported image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ModerationError("image_decode_error", f"the image header is corrupt: {exc}") from None
     if image.format not in ALLOWED_FORMATS:
         raise ModerationError(
             "unsupported_media_type", f"image format {image.format} is not supported"

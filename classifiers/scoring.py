@@ -43,6 +43,7 @@ def score(
         unsafe_score = float(probs[unsafe_idx].sum())
     else:
         unsafe_score = float(probs[unsafe_idx].max())
+    unsafe_score = round(unsafe_score, 6)  # decide on the value the caller sees
     top = int(np.argmax(probs))
     return ClassifierResult(
         name=label_set.name,
@@ -51,7 +52,7 @@ def score(
         top_label=names[top],
         top_score=round(float(probs[top]), 6),
         unsafe_labels=label_set.unsafe,
-        unsafe_score=round(unsafe_score, 6),
+        unsafe_score=unsafe_score,
         threshold=threshold,
         flagged=bool(unsafe_idx) and unsafe_score >= threshold,
     )

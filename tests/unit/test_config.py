@@ -1,0 +1,77 @@
+"""serve_config.yaml against Ray's own schema and our code; the launcher's failure message."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.app import build_app
+from deployments.clip_model import ClipModel
+from deployments.fetcher import ImageFetcher
+from deployments.ingress import Ingress
+from deployments.settings import AppArgs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+
+
+def test_config_is_valid_for_ray_serve():
+    schema = ServeDeploySchema.model_validate(CONFIG)
+    assert schema.http_options.port == 8000
+    assert schema.applications[0].import_path == "deployments.app:build_app"
+
+
+def test_config_deployments_are_the_ones_the_code_defines():
+    names = {d["name"] for d in CONFIG["applications"][0]["deployments"]}
+    assert names == {ClipModel.name, ImageFetcher.name, Ingress.name}
+    model = next(d for d in CONFIG["applications"][0]["deployments"] if d["name"] == "ClipModel")
+    auto = model["autoscaling_config"]
+    assert auto["min_replicas"] >= 1 and auto["max_replicas"] >= auto["min_replicas"]
+    assert model["max_ongoing_requests"] >= CONFIG["applications"][0]["args"]["max_batch_size"]
+
+
+def test_config_args_are_valid_app_args_and_bind():
+    args = AppArgs.model_validate(CONFIG["applications"][0]["args"])
+    assert args.model == "openai/clip-vit-base-patch32"
+    app = build_app(args)  # binding needs no running cluster
+    assert app is not None
+
+
+def test_app_args_reject_unknown_keys_and_thresholds():
+    with pytest.raises(ValueError):
+        AppArgs.model_validate({"modle": "typo"})
+    with pytest.raises(ValueError, match="unknown classifiers"):
+        AppArgs.model_validate({"thresholds": {"violence": 0.5}})
+
+
+def test_each_deployment_gets_only_its_slice():
+    args = AppArgs(model="/m", max_batch_size=8, thresholds={"gore": 0.7}, max_upload_bytes=5)
+    assert args.model_settings().model == "/m"
+    assert args.runtime_config().model_dump() == {
+        "max_batch_size": 8, "batch_wait_timeout_s": 0.01, "thresholds": {"gore": 0.7}}
+    assert args.ingress_settings().max_upload_bytes == 5
+
+
+def _launch(env_model: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODERATION_MODEL": env_model}
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.launch", str(ROOT / "serve_config.yaml"), "--check-only"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+
+
+def test_launcher_fails_with_one_clear_message_when_weights_are_missing(tmp_path):
+    result = _launch(str(tmp_path / "no-such-model"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MODERATION_MODEL" in lines[0]
+
+
+def test_launcher_accepts_a_local_checkpoint(tiny_clip_dir):
+    result = _launch(tiny_clip_dir)
+    assert result.returncode == 0, result.stderr

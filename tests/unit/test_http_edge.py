@@ -1,0 +1,78 @@
+"""Request parsing helpers, schemas and the pure response builder."""
+
+import base64
+
+import pytest
+from pydantic import ValidationError
+
+from classifiers.errors import ERROR_STATUS, ModerationError
+from classifiers.results import Classification, ClassifierResult
+from classifiers.schemas import ClassifyJsonRequest, ClassifyResponse
+from deployments.parsing import _form_list, decode_base64
+from deployments.responses import as_moderation_error, build_classify_response
+
+
+def test_json_request_needs_exactly_one_image_source():
+    ClassifyJsonRequest(url="https://example.com/a.jpg")
+    ClassifyJsonRequest(image_base64="aGk=")
+    for bad in ({}, {"url": "https://e.com/a.jpg", "image_base64": "aGk="}):
+        with pytest.raises(ValidationError, match="exactly one"):
+            ClassifyJsonRequest(**bad)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"labels": ["one"]}, {"labels": [str(i) for i in range(101)]}, {"bogus": 1},
+     {"threshold": 0}, {"classifiers": [], "labels": None}, {"unsafe_labels": ["x"]}],
+)
+def test_json_request_rejects_bad_options(extra):
+    with pytest.raises(ValidationError):
+        ClassifyJsonRequest(url="https://example.com/a.jpg", **extra)
+
+
+def test_base64_strict_with_data_url_prefix_and_size_cap():
+    raw = b"\x89PNG fake bytes"
+    encoded = base64.b64encode(raw).decode()
+    assert decode_base64(encoded, 100) == raw
+    assert decode_base64("data:image/png;base64," + encoded[:8] + "\n" + encoded[8:], 100) == raw
+    with pytest.raises(ModerationError) as info:
+        decode_base64("not base64!!", 100)
+    assert info.value.code == "invalid_request"
+    with pytest.raises(ModerationError) as info:
+        decode_base64(base64.b64encode(b"x" * 200).decode(), 100)
+    assert info.value.code == "image_too_large"
+
+
+def test_form_lists_accept_repeats_json_and_commas():
+    assert _form_list(["a", "b"]) == ["a", "b"]
+    assert _form_list(['["a, with comma", "b"]']) == ["a, with comma", "b"]
+    assert _form_list(["nudity, gore"]) == ["nudity", "gore"]
+
+
+def test_response_is_a_faithful_view_of_the_classification():
+    result = ClassifierResult(
+        name="nudity", kind="exclusive", scores={"explicit": 0.7, "none": 0.3},
+        top_label="explicit", top_score=0.7, unsafe_labels=("explicit",), unsafe_score=0.7,
+        threshold=0.5, flagged=True,
+    )
+    classification = Classification(model="m", results=(result,), decode_ms=1.5, inference_ms=9.0)
+    response = build_classify_response(classification, "rid", 12.345)
+    assert isinstance(response, ClassifyResponse)
+    body = response.model_dump()
+    assert body["flagged"] is True and body["request_id"] == "rid" and body["model"] == "m"
+    assert body["results"]["nudity"]["scores"] == {"explicit": 0.7, "none": 0.3}
+    assert body["timing"] == {"total_ms": 12.35, "decode_ms": 1.5, "inference_ms": 9.0}
+
+
+def test_errors_keep_their_code_through_wrapping_and_pickling():
+    import pickle
+
+    error = ModerationError("fetch_timeout", "slow")
+    assert pickle.loads(pickle.dumps(error)).code == "fetch_timeout"
+    wrapped = RuntimeError("remote failure")
+    wrapped.cause = error
+    assert as_moderation_error(wrapped).code == "fetch_timeout"
+    assert as_moderation_error(ValueError("bug")).code == "internal_error"
+    assert all(400 <= s < 600 for s in ERROR_STATUS.values())
+    with pytest.raises(ValueError):
+        ModerationError("not_a_code", "x")
