@@ -95,3 +95,9 @@ def build_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pa
     tokenizer.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_clip(sys.argv[1] if len(sys.argv) > 1 else "tiny-clip"))

@@ -1,0 +1,224 @@
+"""The real application on Ray Serve with the tiny checkpoint, over real HTTP on 127.0.0.1."""
+
+import base64
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from classifiers.errors import ModerationError
+from classifiers.registry import BUILTIN_CLASSIFIERS
+from classifiers.results import Classification
+from deployments.app import build_app
+from deployments.settings import AppArgs, FetchSettings
+from images import jpeg, png
+from integration.servers import serve_routes
+
+pytestmark = pytest.mark.integration
+
+PHOTO = jpeg(640, 480, seed=1)
+OTHER = png(300, 200, seed=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image_port():
+    routes = {
+        "/photo.jpg": (200, {"Content-Type": "image/jpeg"}, PHOTO),
+        "/no-type": (200, {}, PHOTO),
+        "/hop": (302, {"Location": "/photo.jpg"}, b""),
+        "/page.html": (200, {"Content-Type": "text/html"}, b"<html>hi</html>"),
+        "/gone.jpg": (404, {"Content-Type": "text/plain"}, b"not here"),
+    }
+    with serve_routes(routes) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_clip_dir, image_port):
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(
+        model=tiny_clip_dir, max_batch_size=8, batch_wait_timeout_s=0.05,
+        fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
+    )
+    serve.run(build_app(args), name="moderation", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+def upload(http, data=PHOTO, **form):
+    return http.post("/v1/classify", files={"file": ("image.jpg", data, "image/jpeg")}, data=form)
+
+
+def scores_of(results: dict) -> dict:
+    """Scores flattened to ``{"classifier/label": score}``."""
+    return {f"{name}/{k}": v for name, r in results.items() for k, v in r["scores"].items()}
+
+
+def assert_same_scores(a: dict, b: dict) -> None:
+    """Batched matmuls differ from batch-1 ones in the last bits, nothing more."""
+    assert scores_of(a) == pytest.approx(scores_of(b), abs=1e-4)
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_upload_scores_every_builtin_classifier(http):
+    response = upload(http)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert list(body["results"]) == list(BUILTIN_CLASSIFIERS)
+    for name, result in body["results"].items():
+        label_set = BUILTIN_CLASSIFIERS[name]
+        assert list(result["scores"]) == list(label_set.label_names)
+        if label_set.kind == "exclusive":
+            assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert result["top_label"] == max(result["scores"], key=result["scores"].get)
+        assert result["flagged"] == (bool(label_set.unsafe) and result["unsafe_score"] >= result["threshold"])
+    assert body["flagged"] == any(r["flagged"] for r in body["results"].values())
+    assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] > 0
+
+
+def test_upload_base64_and_url_give_the_same_scores(http, image_port):
+    by_upload = upload(http).json()["results"]
+    by_base64 = http.post("/v1/classify", json={"image_base64": base64.b64encode(PHOTO).decode()})
+    by_url = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{image_port}/photo.jpg"})
+    redirected = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{image_port}/hop"})
+    untyped = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{image_port}/no-type"})
+    for response in (by_base64, by_url, redirected, untyped):
+        assert response.status_code == 200, response.text
+        assert_same_scores(response.json()["results"], by_upload)
+
+
+def test_custom_labels_with_unsafe_labels_and_threshold(http):
+    response = http.post("/v1/classify", json={
+        "image_base64": base64.b64encode(PHOTO).decode(), "classifiers": [],
+        "labels": ["a cat", "a dog", "a car"], "unsafe_labels": ["a dog"], "threshold": 0.01,
+    })
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert list(results) == ["custom"]
+    custom = results["custom"]
+    assert list(custom["scores"]) == ["a cat", "a dog", "a car"]
+    assert sum(custom["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert custom["unsafe_score"] == custom["scores"]["a dog"] and custom["flagged"]
+
+
+def test_multipart_form_fields_select_classifiers_and_labels(http):
+    response = upload(http, classifiers="gore", labels='["red, bright", "blue"]')
+    assert response.status_code == 200, response.text
+    assert list(response.json()["results"]) == ["gore", "custom"]
+    assert list(response.json()["results"]["custom"]["scores"]) == ["red, bright", "blue"]
+
+
+def test_concurrent_requests_are_batched_without_mixing_results(http):
+    images = [jpeg(200 + 40 * i, 160, seed=10 + i) for i in range(8)]
+    sequential = [upload(http, img, classifiers="nudity").json()["results"] for img in images]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda img: upload(http, img, classifiers="nudity"), images))
+    for response, alone in zip(concurrent, sequential):
+        assert_same_scores(response.json()["results"], alone)
+    distinct = {round(r["nudity"]["scores"]["none"], 4) for r in sequential}
+    assert len(distinct) == len(images)  # the images really differ, so a mix-up would show
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, code",
+    [
+        (dict(json={"image_base64": base64.b64encode(PHOTO).decode(), "classifiers": ["violence"]}),
+         400, "unknown_classifier"),
+        (dict(files={"file": ("x.jpg", b"<html>not an image</html>", "image/jpeg")}),
+         415, "unsupported_media_type"),
+        (dict(files={"file": ("x.jpg", PHOTO[:500], "image/jpeg")}), 422, "image_decode_error"),
+        (dict(files={"file": ("x.jpg", b"", "image/jpeg")}), 422, "image_decode_error"),
+        (dict(json={"image_base64": "@@not base64@@"}), 400, "invalid_request"),
+        (dict(json={"image_base64": "aGk=", "labels": ["only one"]}), 400, "invalid_request"),
+        (dict(json={}), 400, "invalid_request"),
+        (dict(content=b"{not json", headers={"content-type": "application/json"}),
+         400, "invalid_request"),
+        (dict(data={"classifiers": "gore"}, files={"other": ("x", b"1")}), 400, "invalid_request"),
+        (dict(content=PHOTO, headers={"content-type": "image/jpeg"}), 415, "unsupported_media_type"),
+    ],
+    ids=["unknown-classifier", "html-upload", "truncated", "empty", "bad-base64", "one-label",
+         "no-image", "bad-json", "no-file-part", "raw-body"],
+)
+def test_bad_requests_get_coded_4xx_errors(http, request_kwargs, status, code):
+    assert_error(http.post("/v1/classify", **request_kwargs), status, code)
+
+
+@pytest.mark.parametrize(
+    "path, status, code",
+    [("/gone.jpg", 502, "fetch_failed"), ("/page.html", 415, "unsupported_media_type")],
+)
+def test_url_failures_get_coded_errors(http, image_port, path, status, code):
+    response = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{image_port}{path}"})
+    assert_error(response, status, code)
+
+
+def test_addresses_outside_the_allow_list_are_refused(http, image_port):
+    # ::1 is loopback but not allow-listed here (only 127.0.0.0/8): refused before connecting.
+    response = http.post("/v1/classify", json={"url": f"http://[::1]:{image_port}/photo.jpg"})
+    assert_error(response, 400, "url_forbidden")
+    response = http.post("/v1/classify", json={"url": f"http://localhost:{image_port + 1}/x.jpg"})
+    assert_error(response, 400, "url_forbidden")  # port not allowed
+
+
+def test_unknown_route_uses_the_error_body(http):
+    assert_error(http.get("/v2/nothing"), 404, "not_found")
+
+
+def test_classifiers_health_and_docs(http):
+    catalog = http.get("/v1/classifiers").json()
+    assert [c["name"] for c in catalog["classifiers"]] == list(BUILTIN_CLASSIFIERS)
+    nudity = catalog["classifiers"][0]
+    assert nudity["unsafe_labels"] == ["explicit"] and nudity["threshold"] == 0.5
+    assert http.get("/healthz").json()["status"] == "ok"
+    assert http.get("/docs").status_code == 200
+    spec = http.get("/openapi.json").json()
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    assert {"ClassifyResponse", "ErrorResponse"} <= set(spec["components"]["schemas"])
+
+
+def test_handle_call_returns_the_same_result_as_http(http):
+    handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
+    result = handle.classify.remote(PHOTO, ["nudity", "gore"]).result()
+    assert isinstance(result, Classification)
+    over_http = upload(http, classifiers="nudity,gore").json()["results"]
+    from_handle = {r.name: {"scores": r.scores} for r in result.results}
+    assert_same_scores(from_handle, over_http)
+    with pytest.raises(ModerationError) as info:
+        handle.classify.remote(b"not an image").result()
+    assert info.value.code == "unsupported_media_type"
+
+
+def test_thresholds_change_at_run_time_without_restart(http, tiny_clip_dir, image_port):
+    before = upload(http, classifiers="gore").json()["results"]["gore"]
+    handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
+    handle.reconfigure.remote({"thresholds": {"gore": 0.01}}).result()
+    after = upload(http, classifiers="gore").json()["results"]["gore"]
+    assert after["threshold"] == 0.01 and after["flagged"]
+    assert_same_scores({"gore": after}, {"gore": before})
+    assert http.get("/v1/classifiers").json()["classifiers"][1]["threshold"] == 0.01
