@@ -102,7 +102,7 @@ def decode_image(
             image = image.resize((width, height), Image.Resampling.BICUBIC)
             left, top = (width - size) // 2, (height - size) // 2
             image = image.crop((left, top, left + size, top + size))
-            return np.asarray(image, dtype=np.uint8)
+            return np.array(image, dtype=np.uint8)  # a writable copy torch can wrap
     except ModerationError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
