@@ -18,6 +18,21 @@ from classifiers.errors import ModerationError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 NEUTRAL_BACKGROUND = (128, 128, 128)
+MAX_FRAME_SCAN = 100  # animations: frames looked at, at most, when sampling several
+
+
+# Leading bytes of the allowed formats; used to refuse a download early, before decoding.
+SIGNATURES = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+)
+SNIFF_BYTES = 12
+
+
+def looks_like_image(prefix: bytes) -> bool:
+    """True when the first bytes are those of an allowed format (WebP: RIFF....WEBP)."""
+    if prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP":
+        return True
+    return prefix.startswith(SIGNATURES)
 
 
 @dataclass(frozen=True)
@@ -79,36 +94,72 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
 def decode_image(
     data: bytes, spec: ImageSpec, max_pixels: int = 50_000_000, draft: bool = True
 ) -> np.ndarray:
-    """Decode one image into a ``(size, size, 3)`` uint8 array, first frame only.
+    """Decode the first frame into a ``(size, size, 3)`` uint8 array (see ``decode_frames``)."""
+    return decode_frames(data, spec, max_pixels, draft, max_frames=1)[0]
 
-    Raises ``ModerationError`` with ``unsupported_media_type``, ``image_too_large`` or
-    ``image_decode_error``: bad input never escapes as another exception.
+
+def decode_frames(
+    data: bytes,
+    spec: ImageSpec,
+    max_pixels: int = 50_000_000,
+    draft: bool = True,
+    max_frames: int = 1,
+) -> np.ndarray:
+    """Decode up to ``max_frames`` evenly spaced frames into ``(k, size, size, 3)`` uint8.
+
+    Still images give one frame. Animations are scanned only as far as a bounded number of
+    frames (never thousands). Raises ``ModerationError`` with ``unsupported_media_type``,
+    ``image_too_large`` or ``image_decode_error``: bad input never escapes as another exception.
     """
     image = _open(data, max_pixels)
-    size = spec.size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if draft and image.format == "JPEG":
                 # DCT-domain downscale to no less than twice the target: much cheaper to decode.
                 w, h = image.size
-                factor = max(1.0, min(w, h) / (2 * size))
+                factor = max(1.0, min(w, h) / (2 * spec.size))
                 image.draft("RGB", (int(w / factor), int(h / factor)))
-            image.seek(0)
-            if _orientation(image) != 1:
-                image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            width, height = resize_shape(image.width, image.height, size)
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
-            left, top = (width - size) // 2, (height - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-            return np.array(image, dtype=np.uint8)  # a writable copy torch can wrap
+            orientation = _orientation(image)
+            frames = []
+            for index in _frame_indices(image, max_frames, max_pixels):
+                image.seek(index)
+                frames.append(_square(image, spec.size, orientation))
+            return np.stack(frames)
     except ModerationError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ModerationError("image_too_large", "the image has too many pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ModerationError("image_decode_error", f"the image could not be decoded: {exc}") from None
+
+
+def _frame_indices(image: Image.Image, max_frames: int, max_pixels: int) -> list[int]:
+    """Evenly spaced frame numbers among the first few frames; scanning cost is bounded."""
+    if max_frames <= 1 or not getattr(image, "is_animated", False):
+        return [0]
+    width, height = image.size
+    scan_limit = max(1, min(MAX_FRAME_SCAN, 4 * max_pixels // max(1, width * height)))
+    count = 1
+    try:
+        while count < scan_limit:
+            image.seek(count)
+            count += 1
+    except EOFError:
+        pass
+    picks = np.linspace(0, count - 1, min(max_frames, count)).round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def _square(frame: Image.Image, size: int, orientation: int) -> np.ndarray:
+    if orientation != 1:
+        frame = ImageOps.exif_transpose(frame)
+    frame = _to_rgb(frame)
+    width, height = resize_shape(frame.width, frame.height, size)
+    frame = frame.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    frame = frame.crop((left, top, left + size, top + size))
+    return np.array(frame, dtype=np.uint8)  # a writable copy torch can wrap
 
 
 def _orientation(image: Image.Image) -> int:

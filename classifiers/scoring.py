@@ -31,18 +31,23 @@ def label_scores(head: Head, embedding: np.ndarray, logit_scale: float) -> np.nd
 def score(
     head: Head, embedding: np.ndarray, logit_scale: float, threshold: float | None = None
 ) -> ClassifierResult:
-    """Score one image for one classifier and decide whether it is flagged."""
+    """Score one image for one classifier and decide whether it is flagged.
+
+    ``embedding`` is one embedding, or one per frame ``(frames, dim)``: then each label's
+    score and the unsafe score are the maximum over frames (one bad frame is enough).
+    """
     label_set = head.label_set
     threshold = label_set.threshold if threshold is None else threshold
-    probs = label_scores(head, embedding, logit_scale)
+    per_frame = np.stack([label_scores(head, e, logit_scale) for e in np.atleast_2d(embedding)])
+    probs = per_frame.max(axis=0)
     names = label_set.label_names
     unsafe_idx = [names.index(u) for u in label_set.unsafe]
     if not unsafe_idx:
         unsafe_score = 0.0
     elif label_set.kind == "exclusive":
-        unsafe_score = float(probs[unsafe_idx].sum())
+        unsafe_score = float(per_frame[:, unsafe_idx].sum(axis=1).max())
     else:
-        unsafe_score = float(probs[unsafe_idx].max())
+        unsafe_score = float(per_frame[:, unsafe_idx].max())
     unsafe_score = round(unsafe_score, 6)  # decide on the value the caller sees
     top = int(np.argmax(probs))
     return ClassifierResult(

@@ -14,7 +14,7 @@ from classifiers.errors import ModerationError
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import LabelSet, custom_label_set
 from classifiers.model import load_clip
-from classifiers.preprocess import decode_image
+from classifiers.preprocess import decode_frames
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
@@ -105,12 +105,12 @@ class ClipModel:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
-        pixels = await asyncio.to_thread(
-            decode_image, image, self.encoder.image_spec,
-            self.settings.max_image_pixels, self.settings.jpeg_draft,
+        frames = await asyncio.to_thread(
+            decode_frames, image, self.encoder.image_spec, self.settings.max_image_pixels,
+            self.settings.jpeg_draft, self.settings.max_frames,
         )
         decoded = time.perf_counter()
-        embedding = await self.embed(pixels)
+        embedding = np.stack(await asyncio.gather(*(self.embed(frame) for frame in frames)))
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
         return Classification(
@@ -153,5 +153,6 @@ class ClipModel:
             ],
         }
 
-    def model_name(self) -> str:
-        return self.encoder.name
+    def health(self) -> dict:
+        """The model this replica serves, and which replica answered."""
+        return {"model": self.encoder.name, "replica": serve.get_replica_context().replica_id.unique_id}

@@ -15,11 +15,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from classifiers.errors import ModerationError
+from classifiers.preprocess import SNIFF_BYTES, looks_like_image
 from deployments.settings import FetchSettings
 from deployments.url_policy import AddressPolicy, check_url
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 CHUNK = 64 * 1024
 
 
@@ -95,23 +95,33 @@ async def _follow(
                 raise ModerationError(
                     "fetch_failed", f"the image URL answered HTTP {response.status}"
                 )
-            content_type = response.headers.get("Content-Type", "").lower()
-            if content_type and not content_type.startswith(ACCEPTED_TYPES):
-                raise ModerationError(
-                    "unsupported_media_type", f"the URL served {content_type.split(';')[0]}, not an image"
-                )
-            return await _read_capped(response, settings.max_bytes)
+            return await _read_image(response, settings.max_bytes)
     raise ModerationError("fetch_failed", f"more than {settings.max_redirects} redirects")
 
 
-async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def _read_image(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """Stream the body under the byte cap; the bytes, not Content-Type, say if it is an image."""
     declared = response.content_length
     if declared is not None and declared > max_bytes:
         raise ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
-    chunks, total = [], 0
+    chunks, total, sniffed = [], 0, False
     async for chunk in response.content.iter_chunked(CHUNK):
         total += len(chunk)
         if total > max_bytes:
             raise ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not sniffed and total >= SNIFF_BYTES:  # refuse an HTML page before downloading it all
+            _sniff(b"".join(chunks)[:SNIFF_BYTES], response)
+            sniffed = True
+    body = b"".join(chunks)
+    if not sniffed:
+        _sniff(body, response)
+    return body
+
+
+def _sniff(prefix: bytes, response: aiohttp.ClientResponse) -> None:
+    if not looks_like_image(prefix):
+        served = response.headers.get("Content-Type", "no Content-Type").split(";")[0]
+        raise ModerationError(
+            "unsupported_media_type", f"the URL did not serve a supported image (it said {served})"
+        )

@@ -12,7 +12,7 @@ from classifiers.errors import ModerationError
 from classifiers.schemas import (
     ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HealthResponse,
 )
-from deployments.parsing import parse_classify_request
+from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, build_classify_response, install_error_handlers,
     request_id_of,
@@ -47,6 +47,7 @@ app = FastAPI(
     "and custom labels with CLIP, served by Ray Serve.",
 )
 install_error_handlers(app)
+app.add_middleware(BodySizeLimit)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
@@ -56,6 +57,7 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
 
     async def _call(self, response, timeout_s: float | None = None):
         try:
@@ -90,7 +92,7 @@ class Ingress:
     async def healthz(self) -> HealthResponse:
         """Answers 200 once a model replica is loaded and answering."""
         try:
-            name = await self._call(self.model.model_name.remote(), timeout_s=5.0)
+            health = await self._call(self.model.health.remote(), timeout_s=5.0)
         except ModerationError:
             raise ModerationError("model_unavailable", "the model is not ready") from None
-        return HealthResponse(status="ok", model=name)
+        return HealthResponse(status="ok", model=health["model"])

@@ -51,6 +51,35 @@ def _model_kwargs(options: ClassifyOptions) -> dict:
     }
 
 
+def body_limit(max_image_bytes: int) -> int:
+    """Largest request body accepted: base64 inflates by 4/3, plus room for the other fields."""
+    return max_image_bytes * 4 // 3 + MULTIPART_OVERHEAD
+
+
+class BodySizeLimit:
+    """ASGI middleware: stop reading a body past ``app.state.max_body_bytes`` (413), also for
+    chunked uploads that declare no Content-Length. Checked as the bytes arrive."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = getattr(scope["app"].state, "max_body_bytes", None)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if limit is not None and seen > limit:
+                raise ModerationError("image_too_large", f"the request body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def _check_declared_size(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -81,8 +110,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
 
 
 async def _parse_json(request: Request, max_bytes: int) -> ClassifyInput:
-    # base64 inflates by 4/3; the cap leaves room for that and the other fields.
-    body = await _read_capped(request, max_bytes * 4 // 3 + MULTIPART_OVERHEAD)
+    body = await _read_capped(request, body_limit(max_bytes))
     try:
         parsed = ClassifyJsonRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -135,7 +163,7 @@ async def _parse_multipart(request: Request, max_bytes: int) -> ClassifyInput:
 async def parse_classify_request(request: Request, max_bytes: int) -> ClassifyInput:
     """Validate the body of ``POST /v1/classify`` into a ``ClassifyInput``."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    _check_declared_size(request, max_bytes * 4 // 3 + MULTIPART_OVERHEAD)
+    _check_declared_size(request, body_limit(max_bytes))
     if content_type == "application/json":
         return await _parse_json(request, max_bytes)
     if content_type == "multipart/form-data":

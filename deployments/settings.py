@@ -66,6 +66,10 @@ class ModelSettings(_Strict):
     )
     max_image_pixels: int = Field(50_000_000, gt=0)
     jpeg_draft: bool = Field(True, description="Decode large JPEGs at reduced scale (faster).")
+    max_frames: int = Field(
+        1, ge=1, le=16, description="Animated images: frames scored (evenly spaced); each "
+        "label's score is its maximum over them. 1 = first frame only.",
+    )
     custom_head_cache_size: int = Field(256, ge=1)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from dataclasses import dataclass
 
 from yarl import URL
@@ -17,6 +19,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTRA_BLOCKED = tuple(
     ipaddress.ip_network(n) for n in ("100.64.0.0/10", "0.0.0.0/8", "192.0.0.0/24", "64:ff9b::/96")
 )
+
+
+_NUMERIC_V4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,24 @@ def check_url(url: URL, settings: FetchSettings, policy: AddressPolicy) -> None:
         raise ModerationError("url_forbidden", "the URL has no host")
     if url.port not in settings.allowed_ports:
         raise ModerationError("url_forbidden", f"port {url.port} is not allowed")
-    try:
-        literal = ipaddress.ip_address(url.host.strip("[]"))
-    except ValueError:
+    literal = ip_literal(url.host)
+    if literal is None:
         return  # a name: the guarded resolver checks every address it resolves to
     if not policy.allows(literal):
         raise ModerationError("url_forbidden", "the URL points to a forbidden address")
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address a host names literally, in any form the C resolver accepts:
+    ``127.0.0.1``, ``127.1``, ``2130706433``, ``0x7f.0.0.1``, ``[::ffff:127.0.0.1]``."""
+    host = host.strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _NUMERIC_V4.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
