@@ -1,7 +1,6 @@
 """The real application on Ray Serve with the tiny checkpoint, over real HTTP on 127.0.0.1."""
 
 import base64
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,18 +14,12 @@ from classifiers.results import Classification
 from deployments.app import build_app
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg, png
-from integration.servers import serve_routes
+from integration.servers import free_port, serve_routes
 
 pytestmark = pytest.mark.integration
 
 PHOTO = jpeg(640, 480, seed=1)
 OTHER = png(300, 200, seed=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
