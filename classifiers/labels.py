@@ -63,6 +63,8 @@ class LabelSet:
             problems.append("every label needs at least one non-empty prompt")
         if self.kind == "attributes" and any(not label.negatives for label in self.labels):
             problems.append("every attribute needs negative prompts")
+        if len(set(self.unsafe)) != len(self.unsafe):
+            problems.append("unsafe labels must be unique")
         if not set(self.unsafe) <= set(names):
             problems.append(f"unsafe labels {sorted(set(self.unsafe) - set(names))} are not labels")
         if self.kind == "exclusive" and len(set(self.unsafe)) >= len(names):
@@ -79,13 +81,19 @@ class LabelSet:
         return tuple(label.name for label in self.labels)
 
 
+def _clean(text: str) -> str:
+    """Whitespace runs become one space, so ``"a  cat "`` and ``"a cat"`` are one label."""
+    return " ".join(str(text).split())
+
+
 def custom_label_set(
     labels: list[str] | tuple[str, ...],
     unsafe: list[str] | tuple[str, ...] = (),
     threshold: float = 0.5,
 ) -> LabelSet:
     """A caller's own exclusive classifier; raises ``invalid_request`` on a bad label list."""
-    texts = tuple(" ".join(str(text).split()) for text in labels)
+    texts = tuple(_clean(text) for text in labels)
+    unsafe = tuple(dict.fromkeys(_clean(text) for text in unsafe))
     if not MIN_CUSTOM_LABELS <= len(texts) <= MAX_CUSTOM_LABELS:
         raise ModerationError(
             "invalid_request",
@@ -108,7 +116,7 @@ def custom_label_set(
         name=CUSTOM_NAME,
         kind="exclusive",
         labels=tuple(Label(text, (text,)) for text in texts),
-        unsafe=tuple(unsafe),
+        unsafe=unsafe,
         threshold=threshold,
         description="Labels supplied by the caller.",
     )

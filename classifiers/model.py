@@ -15,6 +15,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 TEXT_BATCH = 256
+# What a local checkpoint directory must hold (any one name of each group).
+REQUIRED_FILES = (
+    ("config.json",),
+    ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+     "pytorch_model.bin.index.json"),
+    ("tokenizer.json", "vocab.json"),
+    ("preprocessor_config.json",),
+)
 
 HOW_TO_FIX = (
     "Point the service at a local copy: download the checkpoint on a machine with internet "
@@ -113,8 +121,12 @@ def check_model_available(model: str) -> None:
     ``config.json``, or a hub id whose files are cached or downloadable. Cheap: one small file."""
     path = os.path.expanduser(model)
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise _load_error(model, FileNotFoundError(f"no config.json in {path}"))
+        missing = [
+            " or ".join(names) for names in REQUIRED_FILES
+            if not any(os.path.isfile(os.path.join(path, n)) for n in names)
+        ]
+        if missing:
+            raise _load_error(model, FileNotFoundError(f"{path} lacks {', '.join(missing)}"))
         return
     if _looks_local(model):
         raise _load_error(model, FileNotFoundError(f"no such directory: {path}"))
@@ -145,7 +157,14 @@ def load_clip(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         clip = CLIPModel.from_pretrained(source, dtype=torch_dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
         spec = _image_spec(source)
-    except Exception as exc:  # noqa: BLE001 - every cause gets the same actionable message
+    except OSError as exc:  # missing, unreadable or undownloadable files
         raise _load_error(model, exc) from None
+    except Exception as exc:  # noqa: BLE001 - the files were there; the load itself failed
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(
+            f"Could not load the CLIP checkpoint {model!r} on device {device!r} ({torch_dtype}): "
+            f"{type(exc).__name__}: {detail}. Check `device`/`dtype` in serve_config.yaml and that "
+            "the checkpoint is a CLIP model."
+        ) from None
     logger.info("loaded %s on %s (%s)", model, device, torch_dtype)
     return ClipEncoder(clip, tokenizer, spec, name=model, device=device, dtype=torch_dtype)

@@ -134,6 +134,21 @@ def decode_frames(
         raise ModerationError("image_decode_error", f"the image could not be decoded: {exc}") from None
 
 
+def prepare_array(array: np.ndarray, spec: ImageSpec, max_pixels: int = 50_000_000) -> np.ndarray:
+    """An already decoded ``(H, W, 3)`` or ``(H, W)`` uint8 image to ``(1, size, size, 3)``."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ModerationError(
+            "invalid_request", f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, got "
+            f"{array.dtype} {array.shape}",
+        )
+    if array.shape[0] * array.shape[1] > max_pixels:
+        raise ModerationError("image_too_large", f"the image has more than {max_pixels} pixels")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ModerationError("invalid_request", "the image array is empty")
+    return _square(Image.fromarray(array), spec.size, 1)[None]
+
+
 def _frame_indices(image: Image.Image, max_frames: int, max_pixels: int) -> list[int]:
     """Evenly spaced frame numbers among the first few frames; scanning cost is bounded."""
     if max_frames <= 1 or not getattr(image, "is_animated", False):
@@ -155,10 +170,13 @@ def _square(frame: Image.Image, size: int, orientation: int) -> np.ndarray:
     if orientation != 1:
         frame = ImageOps.exif_transpose(frame)
     frame = _to_rgb(frame)
+    # Resize-then-centre-crop as CLIP's processor does, but resample only the source region
+    # that ends up in the crop: a 1x20000 image must not become a 224x4480000 intermediate.
     width, height = resize_shape(frame.width, frame.height, size)
-    frame = frame.resize((width, height), Image.Resampling.BICUBIC)
+    sx, sy = frame.width / width, frame.height / height
     left, top = (width - size) // 2, (height - size) // 2
-    frame = frame.crop((left, top, left + size, top + size))
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    frame = frame.resize((size, size), Image.Resampling.BICUBIC, box=box)
     return np.array(frame, dtype=np.uint8)  # a writable copy torch can wrap
 
 

@@ -34,6 +34,7 @@ class Classification:
     results: tuple[ClassifierResult, ...]
     decode_ms: float
     inference_ms: float
+    batch_size: int = 1
 
     @property
     def flagged(self) -> bool:

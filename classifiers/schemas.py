@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifiers.labels import MAX_CUSTOM_LABELS, MIN_CUSTOM_LABELS
+
+if TYPE_CHECKING:
+    from classifiers.results import Classification
 
 
 class ClassifyOptions(BaseModel):
@@ -34,15 +37,15 @@ class ClassifyOptions(BaseModel):
     def _something_to_run(self) -> "ClassifyOptions":
         if self.classifiers == [] and not self.labels:
             raise ValueError("nothing to run: no classifiers and no labels")
-        if self.unsafe_labels and not self.labels:
-            raise ValueError("unsafe_labels needs labels")
+        if (self.unsafe_labels or self.threshold is not None) and not self.labels:
+            raise ValueError("unsafe_labels and threshold apply to custom labels: send labels too")
         return self
 
 
 class ClassifyJsonRequest(ClassifyOptions):
     """JSON body of ``POST /v1/classify``: exactly one of ``url`` or ``image_base64``."""
 
-    url: str | None = Field(None, max_length=4096, examples=["https://example.com/cat.jpg"])
+    url: str | None = Field(None, min_length=1, max_length=4096, examples=["https://example.com/cat.jpg"])
     image_base64: str | None = Field(None, description="The image file, base64-encoded.")
 
     @model_validator(mode="after")
@@ -72,6 +75,7 @@ class Timing(BaseModel):
     total_ms: float
     decode_ms: float
     inference_ms: float = Field(description="Waiting for a batch and the forward pass.")
+    batch_size: int = Field(1, description="How many images shared this image's forward pass.")
 
 
 class ClassifyResponse(BaseModel):
@@ -82,6 +86,25 @@ class ClassifyResponse(BaseModel):
     flagged: bool = Field(description="True if any classifier flagged the image.")
     results: dict[str, ClassifierResult]
     timing: Timing
+
+    @classmethod
+    def from_classification(
+        cls, result: "Classification", request_id: str, total_ms: float
+    ) -> "ClassifyResponse":
+        """The API view of the model's ``Classification`` (pure: no I/O)."""
+        return cls(
+            request_id=request_id,
+            model=result.model,
+            flagged=result.flagged,
+            results={
+                r.name: ClassifierResult.model_validate(r, from_attributes=True)
+                for r in result.results
+            },
+            timing=Timing(
+                total_ms=round(total_ms, 2), decode_ms=result.decode_ms,
+                inference_ms=result.inference_ms, batch_size=result.batch_size,
+            ),
+        )
 
 
 class ClassifierInfo(BaseModel):

@@ -21,8 +21,7 @@ def build_app(args: AppArgs) -> Application:
     overrides = {field: os.environ[env] for env, field in ENV_OVERRIDES.items() if os.environ.get(env)}
     if overrides:
         args = AppArgs.model_validate({**args.model_dump(), **overrides})
-    model = ClipModel.options(user_config=args.runtime_config().model_dump()).bind(
-        args.model_settings()
-    )
+    runtime = args.runtime_config()
+    model = ClipModel.options(user_config={}).bind(args.model_settings(), runtime)
     fetcher = ImageFetcher.bind(args.fetch)
     return Ingress.bind(fetcher, model, args.ingress_settings())

@@ -14,7 +14,7 @@ from classifiers.errors import ModerationError
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import LabelSet, custom_label_set
 from classifiers.model import load_clip
-from classifiers.preprocess import decode_frames
+from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
@@ -36,7 +36,7 @@ def _torch_threads(requested: int | None) -> int:
 class ClipModel:
     """One CLIP checkpoint per replica; text heads built once at start-up."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, runtime: RuntimeConfig | None = None) -> None:
         import torch
 
         self.settings = settings
@@ -47,18 +47,24 @@ class ClipModel:
             for name, label_set in BUILTIN_CLASSIFIERS.items()
         }
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
-        self.runtime = RuntimeConfig()
+        self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
+        self.runtime = self.base_runtime
         logger.info("ClipModel ready: %s, %d torch threads", settings.model, torch.get_num_threads())
 
     def reconfigure(self, user_config: dict) -> None:
-        """Apply batch size, batch wait and thresholds without restarting the replica."""
-        self.runtime = RuntimeConfig.model_validate(user_config)
+        """Apply batch size, batch wait and thresholds without restarting the replica.
+
+        ``args`` set the base values (changing args redeploys the application); a
+        deployment-level ``user_config`` in serve_config.yaml, even a partial one, is laid over
+        them, and changing it reconfigures the running replicas without a restart.
+        """
+        self.runtime = RuntimeConfig.model_validate({**self.base_runtime.model_dump(), **user_config})
         self.embed.set_max_batch_size(self.runtime.max_batch_size)
         self.embed.set_batch_wait_timeout_s(self.runtime.batch_wait_timeout_s)
 
     async def classify(
         self,
-        image: bytes | ModerationError,
+        image: bytes | np.ndarray | ModerationError,
         classifiers: Sequence[str] | None = None,
         labels: Sequence[str] | None = None,
         unsafe_labels: Sequence[str] = (),
@@ -66,7 +72,8 @@ class ClipModel:
     ) -> Classification:
         """Classify one image with the named built-ins (default all) and optional custom labels.
 
-        ``image`` is the file's bytes (or a fetch error, which is raised). Bad input raises
+        ``image`` is the file's bytes, a decoded uint8 ``(H, W, 3)`` array, or a fetch error
+        (which is raised). Bad input raises
         ``ModerationError``; handle callers get the same ``Classification`` as HTTP callers.
         """
         outcome = await self.try_classify(image, classifiers, labels, unsafe_labels, threshold)
@@ -76,7 +83,7 @@ class ClipModel:
 
     async def try_classify(
         self,
-        image: bytes | ModerationError,
+        image: bytes | np.ndarray | ModerationError,
         classifiers: Sequence[str] | None = None,
         labels: Sequence[str] | None = None,
         unsafe_labels: Sequence[str] = (),
@@ -93,7 +100,7 @@ class ClipModel:
 
     async def _classify(
         self,
-        image: bytes,
+        image: bytes | np.ndarray,
         classifiers: Sequence[str] | None,
         labels: Sequence[str] | None,
         unsafe_labels: Sequence[str],
@@ -105,12 +112,17 @@ class ClipModel:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
-        frames = await asyncio.to_thread(
-            decode_frames, image, self.encoder.image_spec, self.settings.max_image_pixels,
-            self.settings.jpeg_draft, self.settings.max_frames,
-        )
+        spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
+        if isinstance(image, np.ndarray):
+            frames = await asyncio.to_thread(prepare_array, image, spec, max_pixels)
+        else:
+            frames = await asyncio.to_thread(
+                decode_frames, image, spec, max_pixels, self.settings.jpeg_draft,
+                self.settings.max_frames,
+            )
         decoded = time.perf_counter()
-        embedding = np.stack(await asyncio.gather(*(self.embed(frame) for frame in frames)))
+        embedded = await asyncio.gather(*(self.embed(frame) for frame in frames))
+        embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
         return Classification(
@@ -121,13 +133,15 @@ class ClipModel:
             ),
             decode_ms=round((decoded - start) * 1000, 2),
             inference_ms=round((done - decoded) * 1000, 2),
+            batch_size=max(size for _, size in embedded),
         )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        """One forward pass for the whole batch, off the event loop."""
+    async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """One forward pass for the whole batch, off the event loop; each item's embedding
+        comes back with the size of the batch it rode in."""
         embeddings = await asyncio.to_thread(self.encoder.encode_images, np.stack(pixels))
-        return list(embeddings)
+        return [(embedding, len(pixels)) for embedding in embeddings]
 
     async def _custom_head(self, label_set: LabelSet) -> Head:
         key = label_set.label_names
@@ -155,4 +169,8 @@ class ClipModel:
 
     def health(self) -> dict:
         """The model this replica serves, and which replica answered."""
-        return {"model": self.encoder.name, "replica": serve.get_replica_context().replica_id.unique_id}
+        return {
+            "model": self.encoder.name,
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "custom_heads_cached": len(self.custom_heads),
+        }

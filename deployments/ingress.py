@@ -14,8 +14,7 @@ from classifiers.schemas import (
 )
 from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
 from deployments.responses import (
-    ERROR_RESPONSES, as_moderation_error, build_classify_response, install_error_handlers,
-    request_id_of,
+    ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
 )
 from deployments.settings import IngressSettings
 
@@ -76,12 +75,12 @@ class Ingress:
         """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
         start = time.perf_counter()
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
-        image = self.fetcher.fetch.remote(parsed.url) if parsed.url else parsed.data
+        image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
         result = await self._call(self.model.try_classify.remote(image, **parsed.model_kwargs))
         if isinstance(result, ModerationError):
             raise result
         total_ms = (time.perf_counter() - start) * 1000
-        return build_classify_response(result, request_id_of(request), total_ms)
+        return ClassifyResponse.from_classification(result, request_id_of(request), total_ms)
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)
     async def classifiers(self) -> ClassifiersResponse:

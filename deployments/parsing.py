@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -109,8 +110,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise ModerationError("invalid_request", "image_base64 is not valid base64") from None
 
 
-async def _parse_json(request: Request, max_bytes: int) -> ClassifyInput:
-    body = await _read_capped(request, body_limit(max_bytes))
+def _decode_json(body: bytes, max_bytes: int) -> ClassifyInput:
     try:
         parsed = ClassifyJsonRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -119,15 +119,24 @@ async def _parse_json(request: Request, max_bytes: int) -> ClassifyInput:
     return ClassifyInput(parsed, data=data, url=parsed.url, model_kwargs=_model_kwargs(parsed))
 
 
+async def _parse_json(request: Request, max_bytes: int) -> ClassifyInput:
+    body = await _read_capped(request, body_limit(max_bytes))
+    # Parsing and base64-decoding megabytes is CPU work: keep it off the event loop.
+    return await asyncio.to_thread(_decode_json, body, max_bytes)
+
+
 def _form_list(values: list[str]) -> list[str]:
     """Repeated fields, a JSON array, or one comma-separated value."""
     if len(values) == 1:
         value = values[0].strip()
         if value.startswith("["):
             try:
-                return [str(v) for v in json.loads(value)]
-            except (ValueError, TypeError):
-                raise ModerationError("invalid_request", f"malformed JSON list: {value[:80]}") from None
+                items = json.loads(value)
+            except ValueError:
+                items = None
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                raise ModerationError("invalid_request", f"expected a JSON list of strings: {value[:80]}")
+            return items
         return [v.strip() for v in value.split(",") if v.strip()]
     return values
 
@@ -162,6 +171,10 @@ async def _parse_multipart(request: Request, max_bytes: int) -> ClassifyInput:
 
 async def parse_classify_request(request: Request, max_bytes: int) -> ClassifyInput:
     """Validate the body of ``POST /v1/classify`` into a ``ClassifyInput``."""
+    if request.url.query:
+        raise ModerationError(
+            "invalid_request", "POST /v1/classify takes no query parameters: send options in the body"
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     _check_declared_size(request, body_limit(max_bytes))
     if content_type == "application/json":

@@ -11,8 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from classifiers.errors import ModerationError
-from classifiers.results import Classification
-from classifiers.schemas import ClassifierResult, ClassifyResponse, ErrorResponse, Timing
+from classifiers.schemas import ErrorResponse
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,23 +29,6 @@ ERROR_RESPONSES = {
 def request_id_of(request: Request) -> str:
     """Ray Serve's proxy puts a request id in ``x-request-id``; honour it, else make one."""
     return request.headers.get("x-request-id") or uuid.uuid4().hex
-
-
-def build_classify_response(
-    result: Classification, request_id: str, total_ms: float
-) -> ClassifyResponse:
-    """The HTTP view of a ``Classification`` (pure: no I/O)."""
-    return ClassifyResponse(
-        request_id=request_id,
-        model=result.model,
-        flagged=result.flagged,
-        results={
-            r.name: ClassifierResult.model_validate(r, from_attributes=True) for r in result.results
-        },
-        timing=Timing(
-            total_ms=round(total_ms, 2), decode_ms=result.decode_ms, inference_ms=result.inference_ms
-        ),
-    )
 
 
 def error_response(error: ModerationError, request_id: str, headers: dict | None = None) -> JSONResponse:

@@ -202,13 +202,15 @@ def test_oversized_upload_is_refused_from_content_length(http):
     assert_error(upload(http, b"\xff\xd8\xff" + b"\0" * (3 * MAX_UPLOAD)), 413, "image_too_large")
 
 
-def test_chunked_upload_without_length_is_cut_off(http):
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=XyZ", "application/json"])
+def test_chunked_upload_without_length_is_cut_off(http, content_type):
     def body():
-        for _ in range(100):
-            yield b"\0" * 65536  # 6.5 MB, more than the limit, no Content-Length
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for _ in range(160):  # 10 MB, no Content-Length header
+            yield b"\0" * 65536
 
-    response = http.post("/v1/classify", content=body(), headers={"content-type": "application/json"})
-    assert_error(response, 413, "image_too_large")
+    response = http.post("/v1/classify", content=body(), headers={"content-type": content_type})
+    assert_error(response, 413, "image_too_large")  # how early: tests/unit/test_body_limit.py
 
 
 def test_invalid_and_oversized_base64(http):

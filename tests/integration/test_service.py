@@ -11,7 +11,6 @@ from ray import serve
 from classifiers.errors import ModerationError
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
-from deployments.app import build_app
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg, png
 from integration.servers import free_port, serve_routes
@@ -36,15 +35,37 @@ def image_port():
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_clip_dir, image_port):
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(
+def app_args(tiny_clip_dir, image_port):
+    return AppArgs(
         model=tiny_clip_dir, max_batch_size=8, batch_wait_timeout_s=0.05,
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
     )
-    serve.run(build_app(args), name="moderation", route_prefix="/")
+
+
+def deploy(args: AppArgs, port: int, model_user_config: dict | None = None) -> None:
+    """Deploy declaratively, as `serve deploy serve_config.yaml` does (same controller call)."""
+    from ray.serve.context import _get_global_client  # the client `serve deploy` drives
+    from ray.serve.schema import ServeDeploySchema
+
+    app = {"name": "moderation", "route_prefix": "/", "import_path": "deployments.app:build_app",
+           "args": args.model_dump(mode="json")}
+    if model_user_config is not None:
+        app["deployments"] = [{"name": "ClipModel", "user_config": model_user_config}]
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [app]}
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+
+
+@pytest.fixture(scope="module")
+def http_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def base_url(app_args, http_port):
+    port = http_port
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(app_args, port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -133,6 +154,7 @@ def test_concurrent_requests_are_batched_without_mixing_results(http):
         concurrent = list(pool.map(lambda img: upload(http, img, classifiers="nudity"), images))
     for response, alone in zip(concurrent, sequential):
         assert_same_scores(response.json()["results"], alone)
+    assert max(r.json()["timing"]["batch_size"] for r in concurrent) > 1  # batches really formed
     distinct = {round(r["nudity"]["scores"]["none"], 4) for r in sequential}
     assert len(distinct) == len(images)  # the images really differ, so a mix-up would show
 
@@ -153,9 +175,16 @@ def test_concurrent_requests_are_batched_without_mixing_results(http):
          400, "invalid_request"),
         (dict(data={"classifiers": "gore"}, files={"other": ("x", b"1")}), 400, "invalid_request"),
         (dict(content=PHOTO, headers={"content-type": "image/jpeg"}), 415, "unsupported_media_type"),
+        (dict(json={"image_base64": base64.b64encode(PHOTO).decode(), "threshold": 0.1}),
+         400, "invalid_request"),
+        (dict(json={"url": ""}), 400, "invalid_request"),
+        (dict(json={"image_base64": "aGk=", "colour": "red"}), 400, "invalid_request"),
+        (dict(params={"classifiers": "gore"}, files={"file": ("x.jpg", PHOTO, "image/jpeg")}),
+         400, "invalid_request"),
     ],
     ids=["unknown-classifier", "html-upload", "truncated", "empty", "bad-base64", "one-label",
-         "no-image", "bad-json", "no-file-part", "raw-body"],
+         "no-image", "bad-json", "no-file-part", "raw-body", "threshold-without-labels",
+         "empty-url", "unknown-field", "query-string"],
 )
 def test_bad_requests_get_coded_4xx_errors(http, request_kwargs, status, code):
     assert_error(http.post("/v1/classify", **request_kwargs), status, code)
@@ -207,11 +236,23 @@ def test_handle_call_returns_the_same_result_as_http(http):
     assert info.value.code == "unsupported_media_type"
 
 
-def test_thresholds_change_at_run_time_without_restart(http, tiny_clip_dir, image_port):
-    before = upload(http, classifiers="gore").json()["results"]["gore"]
+def test_custom_label_sets_are_encoded_once_then_cached(http):
     handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
-    handle.reconfigure.remote({"thresholds": {"gore": 0.01}}).result()
+    labels = ["a teapot", "a bicycle", "a lighthouse"]
+    before = handle.health.remote().result()["custom_heads_cached"]
+    for _ in range(3):
+        assert http.post("/v1/classify", json={
+            "image_base64": base64.b64encode(PHOTO).decode(), "labels": labels}).status_code == 200
+    assert handle.health.remote().result()["custom_heads_cached"] == before + 1
+
+
+def test_thresholds_change_through_user_config_without_restart(http, app_args, http_port):
+    handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
+    replica = handle.health.remote().result()["replica"]
+    before = upload(http, classifiers="gore").json()["results"]["gore"]
+    deploy(app_args, http_port, model_user_config={"thresholds": {"gore": 0.01}})  # partial
     after = upload(http, classifiers="gore").json()["results"]["gore"]
     assert after["threshold"] == 0.01 and after["flagged"]
     assert_same_scores({"gore": after}, {"gore": before})
     assert http.get("/v1/classifiers").json()["classifiers"][1]["threshold"] == 0.01
+    assert handle.health.remote().result()["replica"] == replica  # reconfigured, not restarted

@@ -37,8 +37,19 @@ def test_config_deployments_are_the_ones_the_code_defines():
 def test_config_args_are_valid_app_args_and_bind():
     args = AppArgs.model_validate(CONFIG["applications"][0]["args"])
     assert args.model == "openai/clip-vit-base-patch32"
-    app = build_app(args)  # binding needs no running cluster
-    assert app is not None
+    assert args.fetch.allowed_networks == () and args.fetch.allowed_ports == (80, 443)
+    build_app(args)  # binding needs no running cluster
+
+
+def test_env_overrides_model_and_device(monkeypatch):
+    monkeypatch.setenv("MODERATION_MODEL", "/models/clip")
+    monkeypatch.setenv("MODERATION_DEVICE", "cpu")
+    app = build_app(AppArgs())
+    model_settings = next(
+        arg for arg in app._bound_deployment.init_args[1]._bound_deployment.init_args
+        if hasattr(arg, "device")
+    )
+    assert (model_settings.model, model_settings.device) == ("/models/clip", "cpu")
 
 
 def test_app_args_reject_unknown_keys_and_thresholds():

@@ -10,14 +10,11 @@ def test_builtins_are_the_four_documented_classifiers():
 
 
 @pytest.mark.parametrize("label_set", BUILTIN_CLASSIFIERS.values(), ids=lambda s: s.name)
-def test_every_builtin_has_somewhere_safe_to_go(label_set):
+def test_every_builtin_is_prompt_ensembled_with_a_neutral_label(label_set):
+    assert len(label_set.templates) >= 3
+    assert all(len(label.prompts) >= 2 for label in label_set.labels)
     if label_set.kind == "exclusive":
-        safe = set(label_set.label_names) - set(label_set.unsafe)
-        assert safe, "an exclusive set needs a safe/neutral label"
-    else:
-        assert all(label.negatives for label in label_set.labels)
-    assert all(len(label.prompts) >= 1 for label in label_set.labels)
-    assert len(label_set.templates) >= 3  # prompt ensembling
+        assert "none" in label_set.label_names and "none" not in label_set.unsafe
 
 
 def test_face_attributes_are_independent_and_flag_nothing():
@@ -32,7 +29,9 @@ def test_face_attributes_are_independent_and_flag_nothing():
 @pytest.mark.parametrize(
     "kwargs, problem",
     [
-        (dict(kind="exclusive", labels=(Label("a", ("a"),),)), "at least two labels"),
+        (dict(kind="exclusive", labels=(Label("a", ("a",)),)), "at least two labels"),
+        (dict(kind="exclusive", labels=(Label("a", ("a",)), Label("b", ("b",)), Label("c", ("c",))),
+              unsafe=("a", "a")), "unsafe labels must be unique"),
         (dict(kind="exclusive", labels=(Label("a", ("a",)), Label("a", ("b",)))), "unique"),
         (dict(kind="exclusive", labels=(Label("a", ("a",)), Label("b", ("b",))), unsafe=("c",)),
          "not labels"),
@@ -54,6 +53,11 @@ def test_custom_label_set_normalises_whitespace_and_keeps_order():
     s = custom_label_set(["  a   cat ", "a dog"], unsafe=["a dog"], threshold=0.7)
     assert s.label_names == ("a cat", "a dog")
     assert s.kind == "exclusive" and s.unsafe == ("a dog",) and s.threshold == 0.7
+
+
+def test_custom_unsafe_labels_are_normalised_and_counted_once():
+    s = custom_label_set(["a  cat", "a dog", "a car"], unsafe=["a cat ", "a  cat"])
+    assert s.unsafe == ("a cat",)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,122 @@
+"""``AsyncModerationClient``: the asyncio HTTP client (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+
+from classifiers.schemas import ClassifiersResponse, ClassifyResponse
+from clients.core import RETRY_STATUSES, ImageInput, RetryPolicy, api_error, build_request, parse_response
+from clients.errors import ModerationConnectionError
+from clients.results import ManyResult
+
+
+class AsyncModerationClient:
+    """The async twin of ``ModerationClient``; use it as ``async with``."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self.retry = retry
+
+    async def __aenter__(self) -> "AsyncModerationClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
+    async def _send(self, method: str, path: str, make_body=None) -> tuple[int, bytes, dict]:
+        for attempt in range(self.retry.max_retries + 1):
+            last = attempt == self.retry.max_retries
+            try:
+                body = make_body() if make_body else {}
+                async with self._client().request(method, self.base_url + path, **body) as response:
+                    content = await response.read()
+                    status, headers = response.status, response.headers
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                if last:
+                    raise ModerationConnectionError(f"{self.base_url}: {exc!r}") from exc
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            if status not in RETRY_STATUSES or last:
+                return status, content, headers
+            await asyncio.sleep(self.retry.delay(attempt, headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    async def classify(
+        self,
+        image: ImageInput,
+        classifiers: list[str] | None = None,
+        labels: list[str] | None = None,
+        unsafe_labels: list[str] | None = None,
+        threshold: float | None = None,
+        use_base64: bool = False,
+    ) -> ClassifyResponse:
+        """Classify one image (path, bytes, PIL image or URL); raises ``ModerationAPIError``."""
+        request = build_request(image, classifiers, labels, unsafe_labels, threshold, use_base64)
+
+        def body() -> dict:  # a FormData can be sent once: build it per attempt
+            if request.json is not None:
+                return {"json": request.json}
+            form = aiohttp.FormData()
+            name, data, content_type = request.files["file"]
+            form.add_field("file", data, filename=name, content_type=content_type)
+            for key, value in (request.data or {}).items():
+                form.add_field(key, value)
+            return {"data": form}
+
+        status, content, headers = await self._send("POST", "/v1/classify", body)
+        return parse_response(status, content, headers)
+
+    async def classify_many(
+        self,
+        images: Iterable[ImageInput],
+        concurrency: int = 4,
+        ordered: bool = False,
+        **options,
+    ) -> AsyncIterator[ManyResult]:
+        """Classify many images, ``concurrency`` at a time; yields as each finishes (or in
+        input order with ``ordered=True``). A failed image yields a result with ``error`` set."""
+        images = list(images)
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(index: int) -> ManyResult:
+            async with gate:
+                try:
+                    return ManyResult(index, images[index], await self.classify(images[index], **options))
+                except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
+                    return ManyResult(index, images[index], error=exc)
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(images))]
+        try:
+            for next_done in (tasks if ordered else asyncio.as_completed(tasks)):
+                yield await next_done
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def classifiers(self) -> ClassifiersResponse:
+        status, content, headers = await self._send("GET", "/v1/classifiers")
+        if status != 200:
+            raise api_error(status, content, headers)
+        return ClassifiersResponse.model_validate_json(content)

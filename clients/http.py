@@ -1,0 +1,113 @@
+"""``ModerationClient``: the synchronous HTTP client (httpx)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import httpx
+
+from classifiers.schemas import ClassifiersResponse, ClassifyResponse
+from clients.core import RETRY_STATUSES, ImageInput, RetryPolicy, api_error, build_request, parse_response
+from clients.errors import ModerationConnectionError
+from clients.results import ManyResult
+
+
+class ModerationClient:
+    """Classify images with a running service.
+
+    >>> client = ModerationClient("http://127.0.0.1:8000")
+    >>> client.classify("photo.jpg", classifiers=["nudity"]).results["nudity"].flagged
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+        self.retry = retry
+
+    def __enter__(self) -> "ModerationClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        for attempt in range(self.retry.max_retries + 1):
+            last = attempt == self.retry.max_retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ModerationConnectionError(f"{self._http.base_url}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt))
+                continue
+            if response.status_code not in RETRY_STATUSES or last:
+                return response
+            time.sleep(self.retry.delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    def classify(
+        self,
+        image: ImageInput,
+        classifiers: list[str] | None = None,
+        labels: list[str] | None = None,
+        unsafe_labels: list[str] | None = None,
+        threshold: float | None = None,
+        use_base64: bool = False,
+    ) -> ClassifyResponse:
+        """Classify one image (path, bytes, PIL image or URL); raises ``ModerationAPIError``."""
+        request = build_request(image, classifiers, labels, unsafe_labels, threshold, use_base64)
+        response = self._send("POST", "/v1/classify", json=request.json, files=request.files,
+                              data=request.data)
+        return parse_response(response.status_code, response.content, response.headers)
+
+    def classify_many(
+        self,
+        images: Iterable[ImageInput],
+        concurrency: int = 4,
+        ordered: bool = False,
+        **options,
+    ) -> Iterator[ManyResult]:
+        """Classify many images, ``concurrency`` at a time; yields each as it finishes (or in
+        input order with ``ordered=True``). A failed image yields a result with ``error`` set."""
+        images = list(images)
+
+        def one(index: int) -> ManyResult:
+            try:
+                return ManyResult(index, images[index], self.classify(images[index], **options))
+            except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
+                return ManyResult(index, images[index], error=exc)
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            futures = [pool.submit(one, i) for i in range(len(images))]
+            if ordered:
+                for future in futures:
+                    yield future.result()
+                return
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+
+    def classifiers(self) -> ClassifiersResponse:
+        response = self._send("GET", "/v1/classifiers")
+        if response.status_code != 200:
+            raise api_error(response.status_code, response.content, response.headers)
+        return ClassifiersResponse.model_validate_json(response.content)
+
+    def healthy(self) -> bool:
+        try:
+            return self._http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
