@@ -1,0 +1,165 @@
+"""``moderation``: classify files, folders, URLs or a list on stdin against a running service.
+
+Exit status: 0 nothing flagged, 1 something flagged, 2 usage error, 3 some images failed
+(and nothing was flagged) - so a pre-upload hook can say ``moderation classify "$f" || reject``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from clients.core import is_url
+from clients.http import ModerationClient
+from clients.results import ManyResult
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE, EXIT_ERRORS = 0, 1, 2, 3
+PROGRESS_MIN = 6  # a progress bar for more than a handful of images
+
+
+def expand_inputs(items: Iterable[str], stdin=sys.stdin) -> Iterator[str]:
+    """Files, directories (recursively, image suffixes only), URLs, and ``-`` for stdin lines."""
+    for item in items:
+        if item == "-":
+            yield from expand_inputs([line.strip() for line in stdin if line.strip()], stdin)
+        elif is_url(item):
+            yield item
+        elif os.path.isdir(item):
+            for path in sorted(Path(item).rglob("*")):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield str(path)
+        else:
+            yield item  # a missing file is reported in its row, not fatal
+
+
+def row_of(result: ManyResult) -> dict:
+    """One flat record per image, for every output format."""
+    if result.error is not None:
+        code = getattr(result.error, "code", type(result.error).__name__)
+        message = getattr(result.error, "message", str(result.error))
+        return {"source": str(result.source), "ok": False, "flagged": None,
+                "error": {"code": code, "message": message}, "results": None}
+    response = result.response
+    return {"source": str(result.source), "ok": True, "flagged": response.flagged, "error": None,
+            "request_id": response.request_id,
+            "results": {name: r.model_dump() for name, r in response.results.items()}}
+
+
+def write_jsonl(rows: list[dict], out) -> None:
+    for row in rows:
+        out.write(json.dumps(row) + "\n")
+
+
+def write_csv(rows: list[dict], out) -> None:
+    names = sorted({name for row in rows for name in (row["results"] or {})})
+    columns = ["source", "ok", "flagged", "error_code", "error_message"]
+    for name in names:
+        columns += [f"{name}.top_label", f"{name}.top_score", f"{name}.unsafe_score", f"{name}.flagged"]
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    for row in rows:
+        flat = {"source": row["source"], "ok": row["ok"], "flagged": row["flagged"],
+                "error_code": (row["error"] or {}).get("code", ""),
+                "error_message": (row["error"] or {}).get("message", "")}
+        for name, r in (row["results"] or {}).items():
+            flat.update({f"{name}.top_label": r["top_label"], f"{name}.top_score": r["top_score"],
+                         f"{name}.unsafe_score": r["unsafe_score"], f"{name}.flagged": r["flagged"]})
+        writer.writerow(flat)
+
+
+def write_table(rows: list[dict], out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("image", "verdict", "top labels")
+    for row in rows:
+        if not row["ok"]:
+            table.add_row(row["source"], "[yellow]error[/]", f"{row['error']['code']}: {row['error']['message']}")
+            continue
+        verdict = "[red]FLAGGED[/]" if row["flagged"] else "[green]ok[/]"
+        tops = ", ".join(
+            f"{name}: {r['top_label']} {r['top_score']:.2f}" + (" (flagged)" if r["flagged"] else "")
+            for name, r in row["results"].items()
+        )
+        table.add_row(row["source"], verdict, tops)
+    Console(file=out, soft_wrap=False).print(table)
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "table": write_table}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="moderation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    classify = commands.add_parser("classify", help="classify images")
+    classify.add_argument("inputs", nargs="+", metavar="PATH_OR_URL",
+                          help="files, directories (recursive), http(s) URLs, or - for stdin")
+    classify.add_argument("--classifier", "-c", action="append", dest="classifiers",
+                          help="built-in classifier to run (repeatable; default: all)")
+    classify.add_argument("--labels", help='custom labels, comma-separated: "a cat,a dog"')
+    classify.add_argument("--unsafe-labels", help="which custom labels count as unsafe")
+    classify.add_argument("--threshold", type=float, help="flag threshold for the custom labels")
+    classify.add_argument("--server", default=os.environ.get("MODERATION_URL", "http://127.0.0.1:8000"))
+    classify.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY"))
+    classify.add_argument("--concurrency", "-j", type=int, default=8)
+    classify.add_argument("--format", "-f", choices=sorted(WRITERS),
+                          help="default: table on a terminal, else jsonl")
+    classify.add_argument("--output", "-o", help="write here instead of stdout")
+    classify.add_argument("--flagged-only", action="store_true", help="print flagged images only")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_CLEAN
+    inputs = list(expand_inputs(args.inputs))
+    if not inputs:
+        print("moderation: no images found", file=sys.stderr)
+        return EXIT_USAGE
+    options = {"classifiers": args.classifiers, "labels": _split(args.labels),
+               "unsafe_labels": _split(args.unsafe_labels), "threshold": args.threshold}
+    rows = _classify(inputs, args, options)
+    shown = [r for r in rows if r["flagged"]] if args.flagged_only else rows
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        fmt = args.format or ("table" if out.isatty() else "jsonl")
+        WRITERS[fmt](shown, out)
+    finally:
+        if args.output:
+            out.close()
+    if any(r["flagged"] for r in rows):
+        return EXIT_FLAGGED
+    return EXIT_ERRORS if any(not r["ok"] for r in rows) else EXIT_CLEAN
+
+
+def _classify(inputs: list[str], args: argparse.Namespace, options: dict) -> list[dict]:
+    from tqdm import tqdm
+
+    rows: list[dict | None] = [None] * len(inputs)
+    with ModerationClient(args.server, api_key=args.api_key) as client, tqdm(
+        total=len(inputs), unit="img", file=sys.stderr, disable=len(inputs) < PROGRESS_MIN or None,
+    ) as progress:
+        for result in client.classify_many(inputs, concurrency=args.concurrency, **options):
+            rows[result.index] = row_of(result)
+            progress.update()
+    return [row for row in rows if row is not None]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The clients against the real service (tiny model): sync, async, in-cluster, and the CLI."""
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+from ray import serve
+
+from clients import AsyncModerationClient, ModerationAPIError, ModerationClient, ModerationConnectionError
+from clients.core import RetryPolicy
+from clients.in_cluster import InClusterClient
+from classifiers.schemas import ClassifyResponse
+from deployments.app import build_app
+from deployments.settings import AppArgs, FetchSettings
+from images import encode, jpeg, photo_like
+from integration.servers import PHOTO, free_port, serve_routes
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRY = RetryPolicy(max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def image_port():
+    with serve_routes({"/photo.jpg": (200, {"Content-Type": "image/jpeg"}, PHOTO)}) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_clip_dir, image_port):
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(model=tiny_clip_dir, fetch=FetchSettings(
+        allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)))
+    serve.run(build_app(args), name="moderation", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    with ModerationClient(base_url) as c:
+        yield c
+
+
+@pytest.fixture
+def inputs(tmp_path, image_port):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(PHOTO)
+    return {
+        "path": str(path),
+        "bytes": PHOTO,
+        "pil": Image.open(path),
+        "url": f"http://127.0.0.1:{image_port}/photo.jpg",
+    }
+
+
+def nudity_scores(response: ClassifyResponse) -> dict:
+    return response.results["nudity"].scores
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "pil", "url"])
+def test_sync_client_accepts_every_input_kind(client, inputs, kind):
+    response = client.classify(inputs[kind], classifiers=["nudity"])
+    reference = client.classify(PHOTO, classifiers=["nudity"])
+    assert isinstance(response, ClassifyResponse)
+    tolerance = 0.05 if kind == "pil" else 1e-4  # PIL goes as lossless PNG of the decoded JPEG
+    assert nudity_scores(response) == pytest.approx(nudity_scores(reference), abs=tolerance)
+
+
+def test_sync_client_base64_custom_labels_and_typed_errors(client):
+    response = client.classify(PHOTO, classifiers=[], labels=["a cat", "a dog"], use_base64=True)
+    assert list(response.results) == ["custom"]
+    with pytest.raises(ModerationAPIError) as info:
+        client.classify(b"not an image")
+    assert info.value.status == 415 and info.value.code == "unsupported_media_type"
+    assert info.value.request_id
+    with pytest.raises(ModerationAPIError) as info:
+        client.classify(PHOTO, classifiers=["violence"])
+    assert info.value.code == "unknown_classifier"
+    assert [c.name for c in client.classifiers().classifiers][0] == "nudity"
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_sync_classify_many_streams_every_result(client, ordered):
+    images = [jpeg(120 + 10 * i, 90, seed=i) for i in range(6)] + [b"broken"]
+    results = list(client.classify_many(images, concurrency=3, ordered=ordered, classifiers=["gore"]))
+    assert sorted(r.index for r in results) == list(range(7))
+    if ordered:
+        assert [r.index for r in results] == list(range(7))
+    failed = [r for r in results if not r.ok]
+    assert len(failed) == 1 and failed[0].index == 6 and failed[0].error.code == "unsupported_media_type"
+
+
+def test_async_client_every_input_kind_and_many(base_url, inputs):
+    async def main():
+        async with AsyncModerationClient(base_url) as aclient:
+            singles = [await aclient.classify(inputs[k], classifiers=["nudity"]) for k in ("path", "bytes", "url")]
+            pil = await aclient.classify(inputs["pil"], classifiers=["nudity"])
+            many = [r async for r in aclient.classify_many([PHOTO] * 4 + [b"x"], concurrency=2,
+                                                            ordered=True, classifiers=["nudity"])]
+            with pytest.raises(ModerationAPIError) as info:
+                await aclient.classify(PHOTO, labels=["only one"])
+            return singles, pil, many, info.value
+
+    singles, pil, many, error = asyncio.run(main())
+    for response in singles[1:]:
+        assert nudity_scores(response) == pytest.approx(nudity_scores(singles[0]), abs=1e-4)
+    assert nudity_scores(pil) == pytest.approx(nudity_scores(singles[0]), abs=0.05)
+    assert [r.index for r in many] == list(range(5)) and [r.ok for r in many] == [True] * 4 + [False]
+    assert error.code == "invalid_request" and error.status == 400
+
+
+class ScriptedServer:
+    """Answers with the scripted statuses in turn (then 200 with a real body); counts hits."""
+
+    def __init__(self, statuses: list[int], ok_body: bytes) -> None:
+        self.statuses, self.hits, self.ok_body = list(statuses), 0, ok_body
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.hits += 1
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                body = outer.ok_body if status == 200 else json.dumps({"error": {
+                    "code": "overloaded" if status == 503 else "invalid_request",
+                    "message": "scripted", "request_id": f"r{outer.hits}"}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if status == 503:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def ok_body(client):
+    return client.classify(PHOTO, classifiers=["nudity"]).model_dump_json().encode()
+
+
+def test_retries_on_503_but_never_on_4xx(ok_body):
+    flaky = ScriptedServer([503, 503], ok_body)
+    refusing = ScriptedServer([400, 400], ok_body)
+    try:
+        with ModerationClient(flaky.url, retry=FAST_RETRY) as c:
+            assert c.classify(PHOTO).results["nudity"]
+        assert flaky.hits == 3
+        with ModerationClient(refusing.url, retry=FAST_RETRY) as c, pytest.raises(ModerationAPIError) as info:
+            c.classify(PHOTO)
+        assert refusing.hits == 1 and info.value.code == "invalid_request" and info.value.request_id == "r1"
+
+        async def async_flaky():
+            again = ScriptedServer([503], ok_body)
+            try:
+                async with AsyncModerationClient(again.url, retry=FAST_RETRY) as ac:
+                    await ac.classify(PHOTO)
+                return again.hits
+            finally:
+                again.close()
+
+        assert asyncio.run(async_flaky()) == 2
+    finally:
+        flaky.close()
+        refusing.close()
+
+
+def test_unreachable_service_raises_a_connection_error_after_retries():
+    with ModerationClient(f"http://127.0.0.1:{free_port()}", retry=FAST_RETRY) as c:
+        with pytest.raises(ModerationConnectionError):
+            c.classify(PHOTO)
+
+
+def test_in_cluster_client_takes_python_objects(base_url, tmp_path, client):
+    path = tmp_path / "p.jpg"
+    path.write_bytes(PHOTO)
+    in_cluster = InClusterClient("moderation")
+    over_http = nudity_scores(client.classify(PHOTO, classifiers=["nudity"]))
+    for image in (PHOTO, str(path)):
+        response = in_cluster.classify(image, classifiers=["nudity"])
+        assert isinstance(response, ClassifyResponse)
+        assert nudity_scores(response) == pytest.approx(over_http, abs=1e-4)
+    array = np.asarray(Image.open(path).convert("RGB"))
+    for image in (array, Image.open(path)):
+        assert nudity_scores(in_cluster.classify(image, classifiers=["nudity"])) == pytest.approx(
+            over_http, abs=0.05)
+    assert asyncio.run(in_cluster.aclassify(PHOTO, classifiers=["gore"])).results["gore"]
+    with pytest.raises(ModerationAPIError) as info:
+        in_cluster.classify(np.zeros((4, 4, 2), np.uint8))
+    assert info.value.code == "invalid_request"
+
+
+# ---------------------------------------------------------------- CLI
+
+@pytest.fixture
+def image_dir(tmp_path):
+    root = tmp_path / "uploads"
+    (root / "nested").mkdir(parents=True)
+    for i in range(7):
+        (root / ("nested" if i % 2 else "") / f"img{i}.jpg").write_bytes(jpeg(100, 80, seed=i))
+    (root / "notes.txt").write_text("not an image, skipped by suffix")
+    return root
+
+
+def run_cli(*args, stdin: str | None = None):
+    return subprocess.run([sys.executable, "-m", "clients.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_directory_to_jsonl_and_csv(base_url, image_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = run_cli("classify", str(image_dir), "-c", "face_attributes", "--server", base_url,
+                     "-f", "jsonl", "-o", str(out))
+    assert result.returncode == 0, result.stderr  # face attributes never flag, no errors
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 7 and all(r["ok"] and r["flagged"] is False for r in rows)
+    assert {r["source"].rsplit("/", 1)[1] for r in rows} == {f"img{i}.jpg" for i in range(7)}
+    assert "face_attributes" in rows[0]["results"]
+
+    out_csv = tmp_path / "out.csv"
+    result = run_cli("classify", str(image_dir), "-c", "nudity", "-c", "gore", "--server", base_url,
+                     "-f", "csv", "-o", str(out_csv))
+    table = list(csv.DictReader(out_csv.open()))
+    assert len(table) == 7 and "nudity.top_label" in table[0] and "gore.unsafe_score" in table[0]
+    assert result.returncode == (1 if any(r["flagged"] == "True" for r in table) else 0)
+
+
+def test_cli_exit_codes_errors_stdin_and_flagged_only(base_url, image_dir, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpeg(200, 150)[:500])  # truncated
+    listing = f"{image_dir / 'img0.jpg'}\n{broken}\n{tmp_path / 'missing.jpg'}\n"
+    result = run_cli("classify", "-", "-c", "face_attributes", "--server", base_url, "-f", "jsonl",
+                     stdin=listing)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 3  # some images failed, none flagged
+    assert [r["ok"] for r in rows] == [True, False, False]
+    assert rows[1]["error"]["code"] == "image_decode_error"
+    assert rows[2]["error"]["code"] == "FileNotFoundError"
+
+    flagged = run_cli("classify", str(image_dir), "-c", "face_attributes", "--labels", "a thing,another",
+                      "--unsafe-labels", "a thing", "--threshold", "0.001", "--server", base_url,
+                      "-f", "jsonl", "--flagged-only")
+    assert flagged.returncode == 1
+    rows = [json.loads(line) for line in flagged.stdout.splitlines()]
+    assert len(rows) == 7 and all(r["flagged"] for r in rows)
+    assert run_cli("classify", str(tmp_path / "empty-dir-does-not-exist"), "--server", base_url).returncode == 3
+    assert run_cli("classify").returncode == 2
