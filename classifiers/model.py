@@ -145,7 +145,6 @@ def load_clip(model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
 
     Raises ``ModelLoadError`` with a one-paragraph message on any failure to get the weights.
     """
-    import torch
     from transformers import AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 

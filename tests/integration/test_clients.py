@@ -20,7 +20,7 @@ from clients.in_cluster import InClusterClient
 from classifiers.schemas import ClassifyResponse
 from deployments.app import build_app
 from deployments.settings import AppArgs, FetchSettings
-from images import encode, jpeg, photo_like
+from images import jpeg
 from integration.servers import PHOTO, free_port, serve_routes
 
 pytestmark = pytest.mark.integration
