@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tiny_clip import build_tiny_clip
+from classifiers.random_checkpoint import build_random_clip
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-weight CLIP of the real architecture, saved with ``save_pretrained``."""
-    return str(build_tiny_clip(tmp_path_factory.mktemp("tiny-clip")))
+    return str(build_random_clip(tmp_path_factory.mktemp("tiny-clip"), size="tiny"))

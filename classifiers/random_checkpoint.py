@@ -1,9 +1,12 @@
-"""Build a small CLIP checkpoint of the real `transformers` architecture for tests.
+"""Random-weight CLIP checkpoints of the real `transformers` architecture, for tests and speed.
 
-Random weights, a real byte-level BPE tokenizer of CLIP's own class (vocabulary and merges
-learned here from a small corpus, since the OpenAI vocabulary cannot be downloaded), and a
-`preprocessor_config.json` written by CLIP's own image processor. Saved with
-`save_pretrained`, so the service loads it through exactly the code it uses for real weights.
+``tiny``: a few layers, 32-pixel images (tests). ``base``: the full ViT-B/32 shape of
+``openai/clip-vit-base-patch32`` (benchmarks: speed does not depend on weight values). Both
+come with a byte-level BPE tokenizer of CLIP's own class (vocabulary and merges learned here
+from a small corpus, since OpenAI's cannot be downloaded everywhere) and a
+``preprocessor_config.json`` written by CLIP's own image processor, and are saved with
+``save_pretrained``, so the service loads them through the code it uses for real weights.
+Scores from these checkpoints are meaningless. ``python -m classifiers.random_checkpoint DIR``.
 """
 
 from __future__ import annotations
@@ -65,27 +68,32 @@ def learn_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
-def build_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """Write a tiny random-weight CLIP checkpoint (model, tokenizer, processor) to ``path``."""
+def build_random_clip(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a random-weight CLIP checkpoint (model, tokenizer, processor) to ``path``."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     path = Path(path)
     vocab, merges = learn_bpe(CORPUS, num_merges=300)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77,
-            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=image_size, patch_size=8,
-        ),
-        projection_dim=16,
+    special = dict(
+        vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
     )
+    if size == "tiny":
+        image_size = 32
+        config = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, **special),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, image_size=image_size, patch_size=8),
+            projection_dim=16,
+        )
+    elif size == "base":  # openai/clip-vit-base-patch32's shape (CLIPConfig's defaults)
+        image_size = 224
+        config = CLIPConfig(text_config=special, vision_config=dict(image_size=224, patch_size=32))
+    else:
+        raise ValueError(f"size must be 'tiny' or 'base', not {size!r}")
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     processor = CLIPImageProcessorPil(
@@ -100,4 +108,5 @@ def build_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Pa
 if __name__ == "__main__":
     import sys
 
-    print(build_tiny_clip(sys.argv[1] if len(sys.argv) > 1 else "tiny-clip"))
+    target = sys.argv[1] if len(sys.argv) > 1 else "tiny-clip"
+    print(build_random_clip(target, size=sys.argv[2] if len(sys.argv) > 2 else "tiny"))

@@ -1,0 +1,67 @@
+"""A bounded async load generator: multipart uploads to 127.0.0.1 at a fixed concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+
+import aiohttp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _run(url: str, images: list[bytes], concurrency: int, requests: int, field: str,
+               form: dict[str, str]) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+    timeout = aiohttp.ClientTimeout(total=300)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                data = aiohttp.FormData()
+                data.add_field(field, images[i % len(images)], filename="image.jpg",
+                               content_type="image/jpeg")
+                for key, value in form.items():
+                    data.add_field(key, value)
+                start = time.perf_counter()
+                async with session.post(url, data=data) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return LoadResult(
+        concurrency=concurrency, requests=requests, errors=errors,
+        images_per_s=round(requests / wall, 2), p50_ms=round(float(np.percentile(ms, 50)), 1),
+        p95_ms=round(float(np.percentile(ms, 95)), 1), p99_ms=round(float(np.percentile(ms, 99)), 1),
+    )
+
+
+def run_load(url: str, images: list[bytes], concurrency: int, requests: int, field: str = "file",
+             form: dict[str, str] | None = None, warmup: int = 0) -> LoadResult:
+    """Send ``requests`` uploads with ``concurrency`` in flight; returns throughput and latency."""
+    if warmup:
+        asyncio.run(_run(url, images, concurrency, warmup, field, form or {}))
+    return asyncio.run(_run(url, images, concurrency, requests, field, form or {}))

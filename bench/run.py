@@ -1,0 +1,204 @@
+"""One benchmark run, side by side on this machine: model ceiling, naive server, this service.
+
+    python -m bench.run [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+                        [--model DIR] [--requests N] [--output bench/results.json]
+
+Without --model it builds the full-size ViT-B/32 architecture with random weights (speed does
+not depend on weight values). All traffic goes to 127.0.0.1. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.load import run_load
+from bench.photos import jpeg
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"1024x768": (1024, 768), "4000x3000": (4000, 3000)}
+
+
+def wait_until_up(url: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not come up in {timeout_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int) -> dict:
+    """The image tower alone, on preprocessed pixels, at the service's batch size and dtype."""
+    import numpy as np
+    import torch
+
+    from classifiers.model import load_clip
+    from classifiers.preprocess import decode_image
+
+    torch.set_num_threads(threads)
+    encoder = load_clip(model, device, dtype)
+    pixels = np.stack([decode_image(jpeg(1024, 768, seed=i), encoder.image_spec) for i in range(batch)])
+
+    def timed(x: np.ndarray, repeats: int) -> float:
+        encoder.encode_images(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            encoder.encode_images(x)
+        return (time.perf_counter() - start) / repeats
+
+    per_batch = timed(pixels, 5)
+    per_one = timed(pixels[:1], 20)
+    return {"batch": batch, "dtype": str(encoder.dtype).replace("torch.", ""), "threads": threads,
+            "images_per_s": round(batch / per_batch, 2), "batch1_latency_ms": round(per_one * 1000, 1)}
+
+
+def service_config(model: str, device: str, dtype: str, port: int, batch: int, path: Path) -> None:
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch)
+    for deployment in app["deployments"]:
+        if deployment["name"] == "ClipModel":  # one replica: the machine has no room for two
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    path.write_text(yaml.safe_dump(config))
+
+
+def load_grid(url: str, images: dict, concurrencies: list[int], requests: int, form: dict) -> dict:
+    out = {}
+    for size, data in images.items():
+        for c in concurrencies:
+            result = run_load(url, data, c, max(requests, 4 * c), form=form, warmup=min(2 * c, 16))
+            out[f"{size}@{c}"] = result.as_dict()
+            print(f"  {size} c={c}: {result.images_per_s} img/s, p50 {result.p50_ms} ms", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: random full-size ViT-B/32)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    model = args.model
+    if not model:
+        from classifiers.random_checkpoint import build_random_clip
+
+        model = str(build_random_clip(work / "clip-base", size="base"))
+    images = {name: [jpeg(w, h, seed=i, quality=90) for i in range(6)] for name, (w, h) in SIZES.items()}
+    report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "python": platform.python_version()},
+                    "settings": vars(args) | {"model": model}}
+
+    print("model ceiling ...", file=sys.stderr)
+    report["ceiling"] = model_ceiling(model, args.device, args.dtype, args.batch, args.threads)
+    print(f"  {report['ceiling']}", file=sys.stderr)
+
+    if not args.skip_naive:
+        print("naive server ...", file=sys.stderr)
+        port = 8100
+        env = {**os.environ, "NAIVE_MODEL": model, "NAIVE_THREADS": str(args.threads)}
+        naive = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/docs")
+            report["naive"] = load_grid(f"http://127.0.0.1:{port}/classify", images,
+                                        args.concurrency, args.requests // 2, {})
+        finally:
+            stop(naive)
+
+    print("service ...", file=sys.stderr)
+    port = 8200
+    config = work / "serve_config.yaml"
+    service_config(model, args.device, args.dtype, port, args.batch, config)
+    service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz")
+        report["service"] = load_grid(f"http://127.0.0.1:{port}/v1/classify", images,
+                                      args.concurrency, args.requests, {"classifiers": "nudity"})
+    finally:
+        stop(service)
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+                       capture_output=True, check=False)
+
+    report["summary"] = summarise(report)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(table(report))
+    return 0
+
+
+def summarise(report: dict) -> dict:
+    ceiling = report["ceiling"]["images_per_s"]
+    out = {}
+    for key, result in report["service"].items():
+        row = {"service_img_s": result["images_per_s"], "vs_ceiling": round(result["images_per_s"] / ceiling, 3)}
+        naive = report.get("naive", {}).get(key)
+        if naive:
+            row["vs_naive"] = round(result["images_per_s"] / naive["images_per_s"], 2)
+        out[key] = row
+    return out
+
+
+def table(report: dict) -> str:
+    c = report["ceiling"]
+    lines = [
+        f"model ceiling: {c['images_per_s']} img/s (batch {c['batch']}, {c['dtype']}, "
+        f"{c['threads']} threads); batch-1 latency {c['batch1_latency_ms']} ms",
+        "",
+        "| load | naive img/s | naive p50/p95/p99 ms | service img/s | service p50/p95/p99 ms "
+        "| service/ceiling | service/naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, s in report["service"].items():
+        n = report.get("naive", {}).get(key)
+        summary = report["summary"][key]
+        naive_cells = (f"{n['images_per_s']} | {n['p50_ms']}/{n['p95_ms']}/{n['p99_ms']}"
+                       if n else "- | -")
+        lines.append(
+            f"| {key.replace('@', ' c=')} | {naive_cells} | {s['images_per_s']} | "
+            f"{s['p50_ms']}/{s['p95_ms']}/{s['p99_ms']} | {summary['vs_ceiling']:.0%} | "
+            f"{summary.get('vs_naive', '-')}{'x' if 'vs_naive' in summary else ''} |"
+        )
+    errors = sum(r["errors"] for part in ("naive", "service") for r in report.get(part, {}).values())
+    lines.append(f"\nerrors: {errors}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
