@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,6 +42,12 @@ class ClipModel:
 
         self.settings = settings
         torch.set_num_threads(_torch_threads(settings.torch_threads))
+        # The forward pass gets a thread of its own so it never queues behind image decodes;
+        # decodes get a small pool of their own so they cannot flood the CPU.
+        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._forward_free = asyncio.Event()
+        self._forward_free.set()
         self.encoder = load_clip(settings.model, settings.device, settings.dtype)
         self.heads = {
             name: build_head(label_set, self.encoder.encode_text)
@@ -49,7 +56,8 @@ class ClipModel:
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
-        logger.info("ClipModel ready: %s, %d torch threads", settings.model, torch.get_num_threads())
+        logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
+                    torch.get_num_threads())
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply batch size, batch wait and thresholds without restarting the replica.
@@ -113,15 +121,16 @@ class ClipModel:
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
+        loop = asyncio.get_running_loop()
         if isinstance(image, np.ndarray):
-            frames = await asyncio.to_thread(prepare_array, image, spec, max_pixels)
+            frames = await loop.run_in_executor(self._decode_pool, prepare_array, image, spec, max_pixels)
         else:
-            frames = await asyncio.to_thread(
-                decode_frames, image, spec, max_pixels, self.settings.jpeg_draft,
-                self.settings.max_frames,
+            frames = await loop.run_in_executor(
+                self._decode_pool, decode_frames, image, spec, max_pixels,
+                self.settings.jpeg_draft, self.settings.max_frames,
             )
         decoded = time.perf_counter()
-        embedded = await asyncio.gather(*(self.embed(frame) for frame in frames))
+        embedded = await asyncio.gather(*(self._embed_when_free(frame) for frame in frames))
         embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
@@ -140,8 +149,25 @@ class ClipModel:
     async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         """One forward pass for the whole batch, off the event loop; each item's embedding
         comes back with the size of the batch it rode in."""
-        embeddings = await asyncio.to_thread(self.encoder.encode_images, np.stack(pixels))
+        self._forward_free.clear()
+        try:
+            embeddings = await asyncio.get_running_loop().run_in_executor(
+                self._forward_pool, self.encoder.encode_images, np.stack(pixels)
+            )
+        finally:
+            self._forward_free.set()
         return [(embedding, len(pixels)) for embedding in embeddings]
+
+    async def _embed_when_free(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
+        """Join the next batch once the forward pass is free.
+
+        ``@serve.batch`` forms a batch as soon as its wait runs out, even while the previous
+        batch still runs, so under load it queued many batches of 1-3 images (measured:
+        15 img/s instead of 35). Holding arrivals here until the forward pass is free lets
+        them enter ``embed`` together and fill one batch.
+        """
+        await self._forward_free.wait()
+        return await self.embed(frame)
 
     async def _custom_head(self, label_set: LabelSet) -> Head:
         key = label_set.label_names

@@ -4,7 +4,7 @@
 import asyncio
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -71,7 +71,7 @@ class Ingress:
         "/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
         openapi_extra=CLASSIFY_BODY,
     )
-    async def classify(self, request: Request) -> ClassifyResponse:
+    async def classify(self, request: Request) -> Response:
         """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
         start = time.perf_counter()
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
@@ -80,7 +80,9 @@ class Ingress:
         if isinstance(result, ModerationError):
             raise result
         total_ms = (time.perf_counter() - start) * 1000
-        return ClassifyResponse.from_classification(result, request_id_of(request), total_ms)
+        response = ClassifyResponse.from_classification(result, request_id_of(request), total_ms)
+        # Already a validated model: serialise once (response_model still documents it).
+        return Response(response.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)
     async def classifiers(self) -> ClassifiersResponse:

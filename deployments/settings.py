@@ -39,7 +39,10 @@ class RuntimeConfig(_Strict):
     """Model settings that may change without a restart (the ``ClipModel`` user_config)."""
 
     max_batch_size: int = Field(16, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=5, description="How long a batch waits for images arriving together; "
+        "arrivals during a forward pass wait at a gate anyway and join the next batch.",
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per built-in classifier flag thresholds."
     )
@@ -71,6 +74,7 @@ class ModelSettings(_Strict):
         "label's score is its maximum over them. 1 = first frame only.",
     )
     custom_head_cache_size: int = Field(256, ge=1)
+    decode_threads: int = Field(2, ge=1, le=64, description="Image decode threads per replica.")
 
 
 class IngressSettings(_Strict):

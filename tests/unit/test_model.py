@@ -15,7 +15,7 @@ from images import encode, photo_like
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip_dir):
-    return load_clip(tiny_clip_dir, device="cpu")
+    return load_clip(tiny_clip_dir, device="cpu", dtype="float32")
 
 
 def test_loads_tokenizer_processor_spec_and_logit_scale(encoder, tiny_clip_dir):
@@ -76,3 +76,37 @@ def test_missing_weights_fail_with_one_actionable_message(tmp_path):
 
 def test_check_model_available_accepts_a_saved_checkpoint(tiny_clip_dir):
     check_model_available(tiny_clip_dir)
+
+
+def test_bfloat16_embeddings_stay_within_cosine_0999_of_float32(tiny_clip_dir):
+    fp32 = load_clip(tiny_clip_dir, device="cpu", dtype="float32")
+    bf16 = load_clip(tiny_clip_dir, device="cpu", dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    pixels = np.stack([decode_image(encode(photo_like(80, 60, s), "JPEG"), fp32.image_spec)
+                       for s in range(8)])
+    image_cos = (fp32.encode_images(pixels) * bf16.encode_images(pixels)).sum(axis=1)
+    texts = ["a photo of a cat.", "explicit nudity", "a person wearing glasses"]
+    text_cos = (fp32.encode_text(texts) * bf16.encode_text(texts)).sum(axis=1)
+    assert image_cos.min() >= 0.999 and text_cos.min() >= 0.999
+
+
+def test_auto_dtype_is_float16_on_cuda_and_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from classifiers import model as model_module
+
+    assert model_module.resolve_dtype("auto", "cuda") == torch.float16
+    assert model_module.resolve_dtype("float32", "cpu") == torch.float32
+    monkeypatch.setattr(model_module, "cpu_has_fast_bf16", lambda: False)
+    assert model_module.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(model_module, "cpu_has_fast_bf16", lambda: True)
+    assert model_module.resolve_dtype("auto", "cpu") == torch.bfloat16
+
+
+def test_traced_image_tower_matches_eager_at_every_batch_size(tiny_clip_dir):
+    eager = load_clip(tiny_clip_dir, device="cpu", dtype="float32", trace=False)
+    traced = load_clip(tiny_clip_dir, device="cpu", dtype="float32", trace=True)
+    assert traced._image_tower is not eager._image_tower
+    assert type(traced._image_tower).__name__ != "ImageTower"  # really a TorchScript module
+    for n in (1, 3, 16):
+        pixels = np.stack([decode_image(encode(photo_like(64, 48, s), "PNG"), eager.image_spec)
+                           for s in range(n)])
+        np.testing.assert_allclose(traced.encode_images(pixels), eager.encode_images(pixels), atol=1e-5)
