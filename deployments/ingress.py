@@ -4,7 +4,11 @@
 import asyncio
 import time
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -18,6 +22,7 @@ from deployments.responses import (
 )
 from deployments.settings import IngressSettings
 
+STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
 MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["file"],
@@ -47,6 +52,7 @@ app = FastAPI(
 )
 install_error_handlers(app)
 app.add_middleware(BodySizeLimit)
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
@@ -88,6 +94,11 @@ class Ingress:
     async def classifiers(self) -> ClassifiersResponse:
         """List the built-in classifiers: labels, unsafe labels, thresholds and prompts."""
         return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
+
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        """The try-it page: drop an image, see the scores."""
+        return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: ERROR_RESPONSES[503]})
     async def healthz(self) -> HealthResponse:

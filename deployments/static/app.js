@@ -1,0 +1,139 @@
+// The try-it page: no build step, no CDN. Talks to /v1/classifiers and /v1/classify.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let chosenFile = null;
+
+function setStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = isError ? "error" : "muted";
+}
+
+function showPreview(src) {
+  const img = $("preview");
+  img.src = src;
+  img.alt = "The image that will be classified";
+  img.hidden = false;
+  $("drop-text").textContent = "Drop another image, or";
+}
+
+function pickFile(file) {
+  if (!file) return;
+  chosenFile = file;
+  $("url").value = "";
+  showPreview(URL.createObjectURL(file));
+}
+
+async function loadClassifiers() {
+  const box = $("classifiers");
+  try {
+    const response = await fetch("/v1/classifiers");
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+    box.replaceChildren(...body.classifiers.map((c) => {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      Object.assign(input, { type: "checkbox", name: "classifier", value: c.name, checked: true });
+      label.append(input, document.createTextNode(c.name.replace("_", " ")));
+      label.title = c.description;
+      return label;
+    }));
+  } catch (err) {
+    box.replaceChildren(Object.assign(document.createElement("p"),
+      { className: "error", textContent: `Could not load classifiers: ${err.message}` }));
+  }
+}
+
+function bar(label, score, unsafe) {
+  const row = document.createElement("div");
+  row.className = "bar";
+  row.setAttribute("role", "listitem");
+  const name = Object.assign(document.createElement("span"), { className: "label", textContent: label });
+  const track = Object.assign(document.createElement("span"), { className: "track" });
+  const fill = Object.assign(document.createElement("span"), { className: unsafe ? "fill unsafe" : "fill" });
+  fill.style.width = `${(score * 100).toFixed(1)}%`;
+  track.append(fill);
+  const value = Object.assign(document.createElement("span"), { className: "value", textContent: score.toFixed(3) });
+  row.setAttribute("aria-label", `${label}: ${score.toFixed(3)}${unsafe ? " (unsafe label)" : ""}`);
+  row.append(name, track, value);
+  return row;
+}
+
+function card(result) {
+  const el = document.createElement("article");
+  el.className = "card";
+  el.dataset.classifier = result.name;
+  const title = document.createElement("h3");
+  const badge = Object.assign(document.createElement("span"), {
+    className: `badge ${result.flagged ? "flagged" : "clear"}`,
+    textContent: result.flagged ? "FLAGGED" : "not flagged",
+  });
+  title.append(document.createTextNode(result.name.replace("_", " ")), badge);
+  const verdict = Object.assign(document.createElement("p"), { className: "verdict" });
+  verdict.textContent = `Top: ${result.top_label} (${result.top_score.toFixed(3)})` +
+    (result.unsafe_labels.length ? ` · unsafe score ${result.unsafe_score.toFixed(3)} vs threshold ${result.threshold}`
+                                 : ` · threshold ${result.threshold}, no unsafe labels`);
+  const list = document.createElement("div");
+  list.setAttribute("role", "list");
+  Object.entries(result.scores).sort((a, b) => b[1] - a[1])
+    .forEach(([label, score]) => list.append(bar(label, score, result.unsafe_labels.includes(label))));
+  el.append(title, verdict, list);
+  return el;
+}
+
+async function classify(event) {
+  event.preventDefault();
+  const url = $("url").value.trim();
+  const classifiers = [...document.querySelectorAll("input[name=classifier]:checked")].map((i) => i.value);
+  const labels = $("labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (!chosenFile && !url) { setStatus("Choose an image file or enter a URL first.", true); return; }
+  if (!classifiers.length && labels.length < 2) {
+    setStatus("Pick at least one classifier, or type two or more custom labels.", true); return;
+  }
+  let request;
+  if (url) {
+    const body = { url, classifiers };
+    if (labels.length) body.labels = labels;
+    request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  } else {
+    const form = new FormData();
+    form.append("file", chosenFile);
+    form.append("classifiers", JSON.stringify(classifiers));
+    if (labels.length) form.append("labels", JSON.stringify(labels));
+    request = { method: "POST", body: form };
+  }
+  $("submit").disabled = true;
+  setStatus("Classifying…");
+  $("results").replaceChildren();
+  try {
+    const response = await fetch("/v1/classify", request);
+    const body = await response.json();
+    if (!response.ok) {
+      const e = body.error || { code: "http_" + response.status, message: response.statusText };
+      setStatus(`Error ${response.status} ${e.code}: ${e.message}`, true);
+      return;
+    }
+    $("results").replaceChildren(...Object.values(body.results).map(card));
+    setStatus(`${body.flagged ? "Flagged" : "Not flagged"} · model ${body.model} · ` +
+              `${body.timing.total_ms.toFixed(0)} ms (inference ${body.timing.inference_ms.toFixed(0)} ms)`);
+  } catch (err) {
+    setStatus(`Request failed: ${err.message}`, true);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const drop = $("drop");
+  $("file").addEventListener("change", (e) => pickFile(e.target.files[0]));
+  $("choose").addEventListener("click", () => $("file").click());
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); pickFile(e.dataTransfer.files[0]); });
+  $("url").addEventListener("input", (e) => {
+    if (e.target.value.trim()) { chosenFile = null; $("file").value = ""; showPreview(e.target.value.trim()); }
+  });
+  $("form").addEventListener("submit", classify);
+  loadClassifiers();
+});

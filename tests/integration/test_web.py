@@ -1,0 +1,118 @@
+"""The try-it page in real headless Chromium (Debian's package, driven by Playwright)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import ray
+from ray import serve
+
+from deployments.app import build_app
+from deployments.settings import AppArgs
+from images import jpeg
+from integration.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_clip_dir):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(AppArgs(model=tiny_clip_dir)), name="moderation", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(base_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, base_url):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(base_url + "/")
+    page.wait_for_selector("input[name=classifier]")
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("web") / "photo.jpg"
+    path.write_bytes(jpeg(800, 600, seed=3))
+    return path
+
+
+def test_upload_shows_bars_for_each_chosen_classifier(page, photo):
+    boxes = page.locator("input[name=classifier]")
+    assert boxes.count() == 4
+    page.uncheck("input[value=offensive]")
+    page.uncheck("input[value=face_attributes]")
+    page.set_input_files("#file", str(photo))
+    assert page.locator("#preview").is_visible()
+    page.click("#submit")
+    page.wait_for_selector("article.card")
+    cards = page.locator("article.card")
+    assert [cards.nth(i).get_attribute("data-classifier") for i in range(cards.count())] == ["nudity", "gore"]
+    assert cards.nth(0).locator(".bar").count() == 3  # explicit, suggestive, none
+    for i in range(2):
+        assert cards.nth(i).locator(".badge").inner_text() in ("FLAGGED", "not flagged")
+        assert "threshold" in cards.nth(i).locator(".verdict").inner_text()
+    values = [float(v) for v in cards.nth(0).locator(".bar .value").all_inner_texts()]
+    assert values == sorted(values, reverse=True) and abs(sum(values) - 1) < 0.01
+    for i, value in enumerate(values):  # each bar is drawn as long as its score
+        bar = cards.nth(0).locator(".bar").nth(i)
+        track, fill = bar.locator(".track").bounding_box(), bar.locator(".fill").bounding_box()
+        assert abs(fill["width"] / track["width"] - value) < 0.02
+    assert "model" in page.locator("#status").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "web-ui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_custom_labels_add_a_custom_card(page, photo):
+    page.set_input_files("#file", str(photo))
+    page.fill("#labels", "a cat, a dog, a red car")
+    page.click("#submit")
+    page.wait_for_selector("article.card[data-classifier=custom]")
+    custom = page.locator("article.card[data-classifier=custom]")
+    assert sorted(custom.locator(".bar .label").all_inner_texts()) == ["a cat", "a dog", "a red car"]
+    assert page.locator("article.card").count() == 5  # four built-ins and the custom labels
+
+
+def test_non_image_shows_the_service_error(page, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    page.set_input_files("#file", str(text))
+    page.click("#submit")
+    page.wait_for_selector("#status.error")
+    status = page.locator("#status").inner_text()
+    assert "415" in status and "unsupported_media_type" in status
+    assert page.locator("article.card").count() == 0
+
+
+def test_keyboard_opens_the_file_chooser_and_page_fits_a_phone(page, browser, base_url):
+    page.focus("#choose")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value is not None
+    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    phone.goto(base_url + "/")
+    phone.wait_for_selector("input[name=classifier]")
+    assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    phone.close()
