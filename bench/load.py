@@ -42,19 +42,24 @@ async def _run(url: str, images: list[bytes], concurrency: int, requests: int, f
                 for key, value in form.items():
                     data.add_field(key, value)
                 start = time.perf_counter()
-                async with session.post(url, data=data) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - start)
+                try:
+                    async with session.post(url, data=data) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    ok = False
+                if ok:  # throughput and latency count successful answers only
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
+    ms = np.array(latencies or [float("nan")]) * 1000
     return LoadResult(
         concurrency=concurrency, requests=requests, errors=errors,
-        images_per_s=round(requests / wall, 2), p50_ms=round(float(np.percentile(ms, 50)), 1),
+        images_per_s=round(len(latencies) / wall, 2), p50_ms=round(float(np.percentile(ms, 50)), 1),
         p95_ms=round(float(np.percentile(ms, 95)), 1), p99_ms=round(float(np.percentile(ms, 99)), 1),
     )
 

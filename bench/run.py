@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,12 @@ from bench.photos import jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1024x768": (1024, 768), "4000x3000": (4000, 3000)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, timeout_s: float = 600) -> None:
@@ -77,14 +84,17 @@ def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int)
             "images_per_s": round(batch / per_batch, 2), "batch1_latency_ms": round(per_one * 1000, 1)}
 
 
-def service_config(model: str, device: str, dtype: str, port: int, batch: int, path: Path) -> None:
+def service_config(model: str, device: str, dtype: str, port: int, batch: int, threads: int,
+                   path: Path) -> None:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
-    app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch)
+    app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch,
+                       torch_threads=threads)
     for deployment in app["deployments"]:
-        if deployment["name"] == "ClipModel":  # one replica: the machine has no room for two
+        if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+            deployment["ray_actor_options"]["num_cpus"] = threads
     path.write_text(yaml.safe_dump(config))
 
 
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_naive:
         print("naive server ...", file=sys.stderr)
-        port = 8100
+        port = free_port()
         env = {**os.environ, "NAIVE_MODEL": model, "NAIVE_THREADS": str(args.threads)}
         naive = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--host", "127.0.0.1",
@@ -143,19 +153,18 @@ def main(argv: list[str] | None = None) -> int:
             stop(naive)
 
     print("service ...", file=sys.stderr)
-    port = 8200
+    port = free_port()
     config = work / "serve_config.yaml"
-    service_config(model, args.device, args.dtype, port, args.batch, config)
-    service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT,
+    service_config(model, args.device, args.dtype, port, args.batch, args.threads, config)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
+    service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT, env=env,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz")
         report["service"] = load_grid(f"http://127.0.0.1:{port}/v1/classify", images,
                                       args.concurrency, args.requests, {"classifiers": "nudity"})
     finally:
-        stop(service)
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
-                       capture_output=True, check=False)
+        stop(service)  # its own process group: the local Ray cluster `serve run` started
 
     report["summary"] = summarise(report)
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -53,7 +53,7 @@ class AsyncModerationClient:
                 async with self._client().request(method, self.base_url + path, **body) as response:
                     content = await response.read()
                     status, headers = response.status, response.headers
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
                 if last:
                     raise ModerationConnectionError(f"{self.base_url}: {exc!r}") from exc
                 await asyncio.sleep(self.retry.delay(attempt))

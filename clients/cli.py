@@ -44,7 +44,9 @@ def row_of(result: ManyResult) -> dict:
         code = getattr(result.error, "code", type(result.error).__name__)
         message = getattr(result.error, "message", str(result.error))
         return {"source": str(result.source), "ok": False, "flagged": None,
-                "error": {"code": code, "message": message}, "results": None}
+                "error": {"code": code, "message": message,
+                          "request_id": getattr(result.error, "request_id", None)},
+                "results": None}
     response = result.response
     return {"source": str(result.source), "ok": True, "flagged": response.flagged, "error": None,
             "request_id": response.request_id,
@@ -75,19 +77,21 @@ def write_csv(rows: list[dict], out) -> None:
 
 def write_table(rows: list[dict], out) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("image", "verdict", "top labels")
     for row in rows:
         if not row["ok"]:
-            table.add_row(row["source"], "[yellow]error[/]", f"{row['error']['code']}: {row['error']['message']}")
+            table.add_row(escape(row["source"]), "[yellow]error[/]",
+                          escape(f"{row['error']['code']}: {row['error']['message']}"))
             continue
         verdict = "[red]FLAGGED[/]" if row["flagged"] else "[green]ok[/]"
         tops = ", ".join(
             f"{name}: {r['top_label']} {r['top_score']:.2f}" + (" (flagged)" if r["flagged"] else "")
             for name, r in row["results"].items()
         )
-        table.add_row(row["source"], verdict, tops)
+        table.add_row(escape(row["source"]), verdict, escape(tops))
     Console(file=out, soft_wrap=False).print(table)
 
 
@@ -116,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if (args.unsafe_labels or args.threshold is not None) and not args.labels:
+        parser.error("--unsafe-labels and --threshold apply to --labels")
     return args
 
 
@@ -134,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options = {"classifiers": args.classifiers, "labels": _split(args.labels),
                "unsafe_labels": _split(args.unsafe_labels), "threshold": args.threshold}
+    try:
+        out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    except OSError as exc:
+        print(f"moderation: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     rows = _classify(inputs, args, options)
     shown = [r for r in rows if r["flagged"]] if args.flagged_only else rows
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         fmt = args.format or ("table" if out.isatty() else "jsonl")
         WRITERS[fmt](shown, out)

@@ -18,6 +18,7 @@ from clients.errors import ModerationAPIError
 ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image"]  # noqa: F821
 
 RETRY_STATUSES = frozenset({429, 503})
+PIL_MAX_SIDE = 1024  # PIL inputs are shrunk to this before upload (the model sees 224 px)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         return path.name, path.read_bytes()
-    if hasattr(image, "save"):  # a PIL image: lossless PNG
+    if hasattr(image, "save"):  # a PIL image: lossless PNG, no larger than the model needs
+        image = image.copy()
+        image.thumbnail((PIL_MAX_SIDE, PIL_MAX_SIDE))
         buf = io.BytesIO()
         image.save(buf, "PNG")
         return "image.png", buf.getvalue()

@@ -46,7 +46,7 @@ class ModerationClient:
             last = attempt == self.retry.max_retries
             try:
                 response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: safe to retry
                 if last:
                     raise ModerationConnectionError(f"{self._http.base_url}: {exc}") from exc
                 time.sleep(self.retry.delay(attempt))
@@ -88,7 +88,8 @@ class ModerationClient:
             except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
                 return ManyResult(index, images[index], error=exc)
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        try:
             futures = [pool.submit(one, i) for i in range(len(images))]
             if ordered:
                 for future in futures:
@@ -99,6 +100,8 @@ class ModerationClient:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
+        finally:  # a caller that stops early does not wait for (or send) the rest
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def classifiers(self) -> ClassifiersResponse:
         response = self._send("GET", "/v1/classifiers")

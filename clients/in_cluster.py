@@ -26,11 +26,13 @@ def _payload(image: Any) -> bytes | np.ndarray:
         return bytes(image)
     if isinstance(image, np.ndarray):
         return image
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, os.PathLike) or (isinstance(image, str) and not image.startswith(("http://", "https://"))):
         with open(image, "rb") as fh:
             return fh.read()
     if hasattr(image, "convert"):  # PIL: send the pixels, no re-encoding
         return np.asarray(image.convert("RGB"))
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise TypeError("InClusterClient takes image data; fetch URLs with ModerationClient")
     raise TypeError(f"cannot classify {type(image).__name__}")
 
 
@@ -43,7 +45,8 @@ class InClusterClient:
         self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
 
     def _call(self, image: Any, classifiers, labels, unsafe_labels, threshold):
-        return self._handle.classify.remote(
+        # try_classify returns bad-input errors as values: no replica traceback per bad image.
+        return self._handle.try_classify.remote(
             _payload(image), classifiers, labels, unsafe_labels or (), threshold
         )
 
@@ -57,11 +60,7 @@ class InClusterClient:
     ) -> ClassifyResponse:
         """Blocking call, for drivers, tasks and Ray Data ``map`` functions."""
         start = time.perf_counter()
-        try:
-            result = self._call(image, classifiers, labels, unsafe_labels, threshold).result()
-        except ModerationError as exc:
-            raise _api_error(exc) from None
-        return _response(result, start)
+        return _response(self._call(image, classifiers, labels, unsafe_labels, threshold).result(), start)
 
     async def aclassify(
         self,
@@ -73,17 +72,11 @@ class InClusterClient:
     ) -> ClassifyResponse:
         """Non-blocking call, for async actors and other Serve deployments."""
         start = time.perf_counter()
-        try:
-            result = await self._call(image, classifiers, labels, unsafe_labels, threshold)
-        except ModerationError as exc:
-            raise _api_error(exc) from None
-        return _response(result, start)
-
-
-def _api_error(exc: ModerationError) -> ModerationAPIError:
-    return ModerationAPIError(exc.status, exc.code, exc.message, uuid.uuid4().hex)
+        return _response(await self._call(image, classifiers, labels, unsafe_labels, threshold), start)
 
 
 def _response(result, start: float) -> ClassifyResponse:
+    if isinstance(result, ModerationError):
+        raise ModerationAPIError(result.status, result.code, result.message, None)
     elapsed_ms = (time.perf_counter() - start) * 1000
     return ClassifyResponse.from_classification(result, uuid.uuid4().hex, elapsed_ms)

@@ -10,8 +10,27 @@ function setStatus(text, isError = false) {
   status.className = isError ? "error" : "muted";
 }
 
+async function readJson(response) {
+  // Error bodies from Serve's proxy or a reverse proxy may not be JSON: keep status and text.
+  try { return await response.json(); }
+  catch { return { error: { code: `http_${response.status}`, message: response.statusText || "not JSON" } }; }
+}
+
+function clearPreview() {
+  const img = $("preview");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.removeAttribute("src");
+  img.hidden = true;
+  $("drop-text").textContent = "Drop an image here, or";
+}
+
+function isHttpUrl(text) {
+  try { return ["http:", "https:"].includes(new URL(text).protocol); } catch { return false; }
+}
+
 function showPreview(src) {
   const img = $("preview");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   img.src = src;
   img.alt = "The image that will be classified";
   img.hidden = false;
@@ -29,7 +48,7 @@ async function loadClassifiers() {
   const box = $("classifiers");
   try {
     const response = await fetch("/v1/classifiers");
-    const body = await response.json();
+    const body = await readJson(response);
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     box.replaceChildren(...body.classifiers.map((c) => {
       const label = document.createElement("label");
@@ -87,7 +106,9 @@ async function classify(event) {
   const url = $("url").value.trim();
   const classifiers = [...document.querySelectorAll("input[name=classifier]:checked")].map((i) => i.value);
   const labels = $("labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if ($("submit").getAttribute("aria-busy")) return;
   if (!chosenFile && !url) { setStatus("Choose an image file or enter a URL first.", true); return; }
+  if (url && !isHttpUrl(url)) { setStatus("The URL must start with http:// or https://.", true); return; }
   if (!classifiers.length && labels.length < 2) {
     setStatus("Pick at least one classifier, or type two or more custom labels.", true); return;
   }
@@ -103,12 +124,12 @@ async function classify(event) {
     if (labels.length) form.append("labels", JSON.stringify(labels));
     request = { method: "POST", body: form };
   }
-  $("submit").disabled = true;
+  $("submit").setAttribute("aria-busy", "true");
   setStatus("Classifying…");
   $("results").replaceChildren();
   try {
     const response = await fetch("/v1/classify", request);
-    const body = await response.json();
+    const body = await readJson(response);
     if (!response.ok) {
       const e = body.error || { code: "http_" + response.status, message: response.statusText };
       setStatus(`Error ${response.status} ${e.code}: ${e.message}`, true);
@@ -120,7 +141,7 @@ async function classify(event) {
   } catch (err) {
     setStatus(`Request failed: ${err.message}`, true);
   } finally {
-    $("submit").disabled = false;
+    $("submit").removeAttribute("aria-busy");
   }
 }
 
@@ -131,8 +152,11 @@ document.addEventListener("DOMContentLoaded", () => {
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
   drop.addEventListener("drop", (e) => { e.preventDefault(); pickFile(e.dataTransfer.files[0]); });
-  $("url").addEventListener("input", (e) => {
-    if (e.target.value.trim()) { chosenFile = null; $("file").value = ""; showPreview(e.target.value.trim()); }
+  drop.addEventListener("click", (e) => { if (e.target === drop || e.target.id === "drop-text") $("file").click(); });
+  $("url").addEventListener("change", (e) => {  // on commit, not per keystroke
+    const url = e.target.value.trim();
+    if (url) { chosenFile = null; $("file").value = ""; }
+    if (isHttpUrl(url)) showPreview(url); else if (!chosenFile) clearPreview();
   });
   $("form").addEventListener("submit", classify);
   loadClassifiers();

@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 from ray import serve
 
@@ -21,6 +22,7 @@ from classifiers.schemas import ClassifyResponse
 from deployments.app import build_app
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg
+from integration.cluster import serve_on_loopback
 from integration.servers import PHOTO, free_port, serve_routes
 
 pytestmark = pytest.mark.integration
@@ -36,15 +38,11 @@ def image_port():
 
 @pytest.fixture(scope="module")
 def base_url(tiny_clip_dir, image_port):
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model=tiny_clip_dir, fetch=FetchSettings(
         allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)))
-    serve.run(build_app(args), name="moderation", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with serve_on_loopback() as port:
+        serve.run(build_app(args), name="moderation", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,7 @@ def test_async_client_every_input_kind_and_many(base_url, inputs):
 class ScriptedServer:
     """Answers with the scripted statuses in turn (then 200 with a real body); counts hits."""
 
-    def __init__(self, statuses: list[int], ok_body: bytes) -> None:
+    def __init__(self, statuses: list[int], ok_body: bytes, delay_s: float = 0.0) -> None:
         self.statuses, self.hits, self.ok_body = list(statuses), 0, ok_body
         outer = self
 
@@ -132,6 +130,7 @@ class ScriptedServer:
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.hits += 1
+                time.sleep(delay_s)
                 status = outer.statuses.pop(0) if outer.statuses else 200
                 body = outer.ok_body if status == 200 else json.dumps({"error": {
                     "code": "overloaded" if status == 503 else "invalid_request",
@@ -185,6 +184,25 @@ def test_retries_on_503_but_never_on_4xx(ok_body):
     finally:
         flaky.close()
         refusing.close()
+
+
+def test_a_slow_answer_is_not_sent_again(ok_body):
+    slow = ScriptedServer([], ok_body, delay_s=1.0)
+    try:
+        with ModerationClient(slow.url, timeout_s=0.3, retry=FAST_RETRY) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.classify(PHOTO)
+        assert slow.hits == 1  # the request may have been processed: never repeated
+
+        async def async_slow():
+            async with AsyncModerationClient(slow.url, timeout_s=0.3, retry=FAST_RETRY) as ac:
+                with pytest.raises(asyncio.TimeoutError):
+                    await ac.classify(PHOTO)
+
+        asyncio.run(async_slow())
+        assert slow.hits == 2
+    finally:
+        slow.close()
 
 
 def test_unreachable_service_raises_a_connection_error_after_retries():

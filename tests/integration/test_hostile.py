@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-import ray
 from PIL import Image
 from ray import serve
 
@@ -21,7 +20,8 @@ from deployments.app import build_app
 from deployments.fetcher import ImageFetcher
 from deployments.settings import AppArgs, FetchSettings
 from images import encode, jpeg, photo_like, png, png_bomb
-from integration.servers import PHOTO, free_port, hostile_servers
+from integration.cluster import serve_on_loopback
+from integration.servers import PHOTO, hostile_servers
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +38,16 @@ def servers():
 @pytest.fixture(scope="module")
 def base_url(tiny_clip_dir, servers):
     image_port, canary = servers
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     ports = (image_port, canary.port)
     args = AppArgs(
         model=tiny_clip_dir, max_upload_bytes=MAX_UPLOAD, max_image_pixels=20_000_000, max_frames=4,
         fetch=FetchSettings(timeout_s=FETCH_TIMEOUT_S, max_bytes=1_000_000, max_redirects=3,
                             allowed_ports=ports, allowed_networks=("127.0.0.0/8",)),
     )
-    serve.run(build_app(args), name="moderation", route_prefix="/")
-    serve.run(ImageFetcher.bind(FetchSettings(allowed_ports=ports)), name="strict", route_prefix=None)
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with serve_on_loopback() as port:
+        serve.run(build_app(args), name="moderation", route_prefix="/")
+        serve.run(ImageFetcher.bind(FetchSettings(allowed_ports=ports)), name="strict", route_prefix=None)
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

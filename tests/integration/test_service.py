@@ -5,7 +5,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
 from classifiers.errors import ModerationError
@@ -13,7 +12,8 @@ from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg, png
-from integration.servers import free_port, serve_routes
+from integration.cluster import serve_on_loopback
+from integration.servers import serve_routes
 
 pytestmark = pytest.mark.integration
 
@@ -56,19 +56,10 @@ def deploy(args: AppArgs, port: int, model_user_config: dict | None = None) -> N
 
 
 @pytest.fixture(scope="module")
-def http_port():
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def base_url(app_args, http_port):
-    port = http_port
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(app_args, port)
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+def base_url(app_args):
+    with serve_on_loopback() as port:
+        deploy(app_args, port)
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -246,11 +237,11 @@ def test_custom_label_sets_are_encoded_once_then_cached(http):
     assert handle.health.remote().result()["custom_heads_cached"] == before + 1
 
 
-def test_thresholds_change_through_user_config_without_restart(http, app_args, http_port):
+def test_thresholds_change_through_user_config_without_restart(http, app_args, base_url):
     handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
     replica = handle.health.remote().result()["replica"]
     before = upload(http, classifiers="gore").json()["results"]["gore"]
-    deploy(app_args, http_port, model_user_config={"thresholds": {"gore": 0.01}})  # partial
+    deploy(app_args, int(base_url.rsplit(":", 1)[1]), model_user_config={"thresholds": {"gore": 0.01}})
     after = upload(http, classifiers="gore").json()["results"]["gore"]
     assert after["threshold"] == 0.01 and after["flagged"]
     assert_same_scores({"gore": after}, {"gore": before})
