@@ -157,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     config = work / "serve_config.yaml"
     service_config(model, args.device, args.dtype, port, args.batch, args.threads, config)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
+    log = open(work / "service.log", "wb")  # kept for diagnosis; its path is in the report
     service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT, env=env,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    report["service_log"] = str(work / "service.log")
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz")
         report["service"] = load_grid(f"http://127.0.0.1:{port}/v1/classify", images,
