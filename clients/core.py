@@ -34,15 +34,6 @@ def is_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
-def describe(image: ImageInput) -> str:
-    """A short name for an input, for tables and error rows."""
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    if isinstance(image, (bytes, bytearray)):
-        return f"<{len(image)} bytes>"
-    return f"<{type(image).__name__}>"
-
-
 def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
     if isinstance(image, (bytes, bytearray)):
         return "image", bytes(image)

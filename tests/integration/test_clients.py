@@ -205,8 +205,10 @@ def test_a_slow_answer_is_not_sent_again(ok_body):
         slow.close()
 
 
-def test_unreachable_service_raises_a_connection_error_after_retries():
+def test_unreachable_service_raises_a_connection_error_after_retries(client):
+    assert client.healthy()
     with ModerationClient(f"http://127.0.0.1:{free_port()}", retry=FAST_RETRY) as c:
+        assert not c.healthy()
         with pytest.raises(ModerationConnectionError):
             c.classify(PHOTO)
 
