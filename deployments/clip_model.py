@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
@@ -81,8 +81,8 @@ class ClipModel:
         """Classify one image with the named built-ins (default all) and optional custom labels.
 
         ``image`` is the file's bytes, a decoded uint8 ``(H, W, 3)`` array, or a fetch error
-        (which is raised). Bad input raises
-        ``ModerationError``; handle callers get the same ``Classification`` as HTTP callers.
+        (which is raised). Bad input raises ``ModerationError``; handle callers get the same
+        ``Classification`` that HTTP responses are built from.
         """
         outcome = await self.try_classify(image, classifiers, labels, unsafe_labels, threshold)
         if isinstance(outcome, ModerationError):
@@ -145,7 +145,7 @@ class ClipModel:
             batch_size=max(size for _, size in embedded),
         )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # reconfigure() sets both
     async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         """One forward pass for the whole batch, off the event loop; each item's embedding
         comes back with the size of the batch it rode in."""
@@ -163,7 +163,7 @@ class ClipModel:
 
         ``@serve.batch`` forms a batch as soon as its wait runs out, even while the previous
         batch still runs, so under load it queued many batches of 1-3 images (measured:
-        15 img/s instead of 35). Holding arrivals here until the forward pass is free lets
+        15 img/s, against 23.5 with this gate). Holding arrivals here until the forward pass is free lets
         them enter ``embed`` together and fill one batch.
         """
         await self._forward_free.wait()
@@ -173,7 +173,10 @@ class ClipModel:
         key = label_set.label_names
         matrix = self.custom_heads.get(key)
         if matrix is None:
-            head = await asyncio.to_thread(build_head, label_set, self.encoder.encode_text)
+            # On the forward thread: text and image passes never compete for the same cores.
+            head = await asyncio.get_running_loop().run_in_executor(
+                self._forward_pool, build_head, label_set, self.encoder.encode_text
+            )
             self.custom_heads.put(key, head.matrix)
             return head
         return Head(label_set, matrix)
