@@ -13,6 +13,7 @@ ERROR_STATUS: dict[str, int] = {
     "image_too_large": 413,
     "unsupported_media_type": 415,
     "image_decode_error": 422,
+    "rate_limited": 429,
     "fetch_failed": 502,
     "overloaded": 503,
     "model_unavailable": 503,

@@ -19,6 +19,7 @@ from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
+from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -54,6 +55,7 @@ class ClipModel:
             for name, label_set in BUILTIN_CLASSIFIERS.items()
         }
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
+        self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
@@ -130,6 +132,7 @@ class ClipModel:
                 self.settings.jpeg_draft, self.settings.max_frames,
             )
         decoded = time.perf_counter()
+        self.metrics.decode_ms.observe((decoded - start) * 1000)
         embedded = await asyncio.gather(*(self._embed_when_free(frame) for frame in frames))
         embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
@@ -150,12 +153,15 @@ class ClipModel:
         """One forward pass for the whole batch, off the event loop; each item's embedding
         comes back with the size of the batch it rode in."""
         self._forward_free.clear()
+        start = time.perf_counter()
         try:
             embeddings = await asyncio.get_running_loop().run_in_executor(
                 self._forward_pool, self.encoder.encode_images, np.stack(pixels)
             )
         finally:
             self._forward_free.set()
+        self.metrics.model_ms.observe((time.perf_counter() - start) * 1000)
+        self.metrics.batch_size.observe(len(pixels))
         return [(embedding, len(pixels)) for embedding in embeddings]
 
     async def _embed_when_free(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
@@ -197,9 +203,12 @@ class ClipModel:
         }
 
     def health(self) -> dict:
-        """The model this replica serves, and which replica answered."""
+        """The model this replica serves, and which replica (on which node) answered."""
+        import ray
+
         return {
             "model": self.encoder.name,
             "replica": serve.get_replica_context().replica_id.unique_id,
+            "node": ray.get_runtime_context().get_node_id(),
             "custom_heads_cached": len(self.custom_heads),
         }

@@ -16,6 +16,8 @@ from classifiers.errors import ModerationError
 from classifiers.schemas import (
     ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HealthResponse,
 )
+from deployments.auth import Gatekeeper
+from deployments.metrics import IngressMetrics
 from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
@@ -62,7 +64,15 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        self.gatekeeper = Gatekeeper(settings.auth)
+        self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
+        app.state.metrics = self.metrics
+
+    async def _admit(self, request: Request) -> None:
+        """API key and rate limit, before the body is read or anything is fetched."""
+        key_name = self.gatekeeper.authenticate(request.headers.get("authorization"))
+        await self.gatekeeper.admit(key_name)
 
     async def _call(self, response, timeout_s: float | None = None):
         try:
@@ -80,19 +90,22 @@ class Ingress:
     async def classify(self, request: Request) -> Response:
         """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
         start = time.perf_counter()
+        await self._admit(request)
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
         image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
         result = await self._call(self.model.try_classify.remote(image, **parsed.model_kwargs))
         if isinstance(result, ModerationError):
             raise result
+        self.metrics.classified(result)
         total_ms = (time.perf_counter() - start) * 1000
         response = ClassifyResponse.from_classification(result, request_id_of(request), total_ms)
         # Already a validated model: serialise once (response_model still documents it).
         return Response(response.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)
-    async def classifiers(self) -> ClassifiersResponse:
+    async def classifiers(self, request: Request) -> ClassifiersResponse:
         """List the built-in classifiers: labels, unsafe labels, thresholds and prompts."""
+        await self._admit(request)
         return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
 
     @app.get("/", include_in_schema=False)

@@ -19,7 +19,9 @@ ERROR_RESPONSES = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in (
         (400, "Invalid request, unknown classifier or forbidden URL"),
+        (401, "Missing or invalid API key (when keys are configured)"),
         (413, "Image too large"), (415, "Unsupported media type"), (422, "Image cannot be decoded"),
+        (429, "Rate limit for this API key exceeded; see Retry-After"),
         (502, "Image URL failed"), (503, "Overloaded or model unavailable"),
         (504, "Image URL or model timed out"),
     )
@@ -31,13 +33,39 @@ def request_id_of(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
+RETRYABLE = {"overloaded", "model_unavailable"}  # 503s a client should retry after Retry-After
+
+
 def error_response(error: ModerationError, request_id: str, headers: dict | None = None) -> JSONResponse:
     body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+def error_headers(error: ModerationError) -> dict[str, str]:
+    """``Retry-After`` for retryable errors and rate limits; ``WWW-Authenticate`` for 401."""
+    if error.code == "unauthorized":
+        return {"WWW-Authenticate": "Bearer"}
+    if error.code == "rate_limited":
+        return {"Retry-After": str(getattr(error, "retry_after_s", 1))}
+    if error.code in RETRYABLE:
+        return {"Retry-After": "1"}
+    return {}
+
+
+def _respond(request: Request, error: ModerationError, status: int | None = None) -> JSONResponse:
+    """The error body, counted in the ingress's metrics (when the replica installed them)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.failed(error.code)
+    response = error_response(error, request_id_of(request), error_headers(error))
+    if status is not None:
+        response.status_code = status
+    return response
+
+
 def as_moderation_error(exc: BaseException) -> ModerationError:
     """Find the ``ModerationError`` behind an exception from a handle call, or classify it."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError
 
     seen: set[int] = set()
@@ -48,6 +76,9 @@ def as_moderation_error(exc: BaseException) -> ModerationError:
             return ModerationError(current.code, current.message)
         if isinstance(current, BackPressureError):
             return ModerationError("overloaded", "the service is overloaded; retry shortly")
+        if isinstance(current, (RayActorError, ActorUnavailableError)):
+            # A replica died or restarts mid-request (Ray starts a new one): retryable.
+            return ModerationError("model_unavailable", "a replica is restarting; retry shortly")
         current = getattr(current, "cause", None) or current.__cause__
     logger.error("unexpected error: %r", exc, exc_info=exc)
     return ModerationError("internal_error", "an internal error occurred")
@@ -61,18 +92,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModerationError)
     async def _moderation(request: Request, exc: ModerationError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.code == "overloaded" else None
-        return error_response(exc, request_id_of(request), headers)
+        return _respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message = "; ".join(e["msg"] for e in exc.errors()[:5])
-        return error_response(ModerationError("invalid_request", message), request_id_of(request))
+        return _respond(request, ModerationError("invalid_request", message))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         error = ModerationError(code, str(exc.detail))
-        response = error_response(error, request_id_of(request))
-        response.status_code = exc.status_code if exc.status_code < 500 else error.status
-        return response
+        return _respond(request, error, exc.status_code if exc.status_code < 500 else error.status)

@@ -77,9 +77,56 @@ class ModelSettings(_Strict):
     decode_threads: int = Field(2, ge=1, le=64, description="Image decode threads per replica.")
 
 
+class ApiKey(_Strict):
+    """One API key, stored as the SHA-256 of the key (never the key itself)."""
+
+    name: str = Field(min_length=1, max_length=64, description="Who holds the key (for limits and logs).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
+    rate_limit: str | None = Field(None, description="This key's limit, overriding the default.")
+
+
+class AuthSettings(_Strict):
+    """Optional API keys and per-key rate limits (off when ``api_keys`` is empty)."""
+
+    api_keys: tuple[ApiKey, ...] = ()
+    rate_limit: str | None = Field(
+        None, description="Default per-key limit in the `limits` notation, e.g. '60/minute' or "
+        "'10/second;600/hour'; none by default.",
+    )
+    rate_limit_storage: str = Field(
+        "async+memory://", description="Where limit counters live: in memory per ingress "
+        "replica, or shared, e.g. 'async+redis://redis:6379' (needs the redis extra of limits).",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique(cls, value: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        for attr in ("name", "sha256"):
+            seen = [getattr(key, attr) for key in value]
+            if len(seen) != len(set(seen)):
+                raise ValueError(f"api_keys: duplicate {attr}")
+        for key in value:
+            _check_limit(key.rate_limit)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limit(cls, value: str | None) -> str | None:
+        return _check_limit(value)
+
+
+def _check_limit(value: str | None) -> str | None:
+    if value is not None:
+        from limits import parse_many
+
+        parse_many(value)  # ValueError on a bad limit string
+    return value
+
+
 class IngressSettings(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    auth: AuthSettings = AuthSettings()
 
 
 class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):

@@ -8,17 +8,44 @@ from contextlib import contextmanager
 import ray
 from ray import serve
 
+from deployments.settings import AppArgs
 from integration.servers import free_port
 
 
 @contextmanager
-def serve_on_loopback() -> Iterator[int]:
-    """Start Ray (2 CPUs, as on CI) and Serve's proxy on 127.0.0.1; yields the HTTP port."""
+def serve_on_loopback(metrics_port: int | None = None) -> Iterator[int]:
+    """Start Ray (2 CPUs, as on CI) and Serve's proxy on 127.0.0.1; yields the HTTP port.
+
+    With ``metrics_port``, Ray exports Prometheus metrics there, reported every second.
+    """
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    extra = {}
+    if metrics_port is not None:
+        extra = {"_metrics_export_port": metrics_port,
+                 "_system_config": {"metrics_report_interval_ms": 1000}}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **extra)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield port
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def app_config(
+    args: AppArgs, name: str = "moderation", route_prefix: str = "/", **extra
+) -> dict:
+    """One ``applications:`` entry of serve_config.yaml for the real app builder."""
+    return {"name": name, "route_prefix": route_prefix, "import_path": "deployments.app:build_app",
+            "args": args.model_dump(mode="json"), **extra}
+
+
+def deploy_apps(port: int, *apps: dict, proxy_location: str | None = None) -> None:
+    """Deploy declaratively, as `serve deploy serve_config.yaml` does (same controller call)."""
+    from ray.serve.context import _get_global_client  # the client `serve deploy` drives
+    from ray.serve.schema import ServeDeploySchema
+
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": list(apps)}
+    if proxy_location:
+        config["proxy_location"] = proxy_location
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)

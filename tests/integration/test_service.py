@@ -12,7 +12,7 @@ from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg, png
-from integration.cluster import serve_on_loopback
+from integration.cluster import app_config, deploy_apps, serve_on_loopback
 from integration.servers import serve_routes
 
 pytestmark = pytest.mark.integration
@@ -43,16 +43,10 @@ def app_args(tiny_clip_dir, image_port):
 
 
 def deploy(args: AppArgs, port: int, model_user_config: dict | None = None) -> None:
-    """Deploy declaratively, as `serve deploy serve_config.yaml` does (same controller call)."""
-    from ray.serve.context import _get_global_client  # the client `serve deploy` drives
-    from ray.serve.schema import ServeDeploySchema
-
-    app = {"name": "moderation", "route_prefix": "/", "import_path": "deployments.app:build_app",
-           "args": args.model_dump(mode="json")}
+    extra = {}
     if model_user_config is not None:
-        app["deployments"] = [{"name": "ClipModel", "user_config": model_user_config}]
-    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [app]}
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+        extra["deployments"] = [{"name": "ClipModel", "user_config": model_user_config}]
+    deploy_apps(port, app_config(args, **extra))
 
 
 @pytest.fixture(scope="module")
