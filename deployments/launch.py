@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moderation-serve", description=__doc__)
     parser.add_argument("config", nargs="?", default="serve_config.yaml")
     parser.add_argument("--check-only", action="store_true", help="check the model and exit")
+    parser.add_argument(
+        "--new-api-key", metavar="NAME", help="print a new API key (give it to the client) and "
+        "the line for args.auth.api_keys (only its hash goes in the config), then exit",
+    )
     args, serve_args = parser.parse_known_args(argv)
+    if args.new_api_key:
+        return _print_new_key(args.new_api_key)
     try:
         model = model_of(args.config)
         check_model_available(model)
@@ -47,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     from ray.serve.scripts import cli
 
     return cli.main(["run", args.config, *serve_args], prog_name="serve")
+
+
+def _print_new_key(name: str) -> int:
+    from deployments.auth import new_key
+    from deployments.settings import ApiKey
+
+    key, digest = new_key()
+    ApiKey(name=name, sha256=digest)  # validates the name
+    print(f"API key for {name} (shown once; give it to the client):\n  {key}")
+    print(f"Add to args.auth.api_keys in the serve config:\n  - {{name: {name}, sha256: {digest}}}")
+    return 0
 
 
 if __name__ == "__main__":

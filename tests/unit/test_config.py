@@ -17,28 +17,58 @@ from deployments.settings import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+CLUSTER = yaml.safe_load((ROOT / "deploy" / "serve_config.cluster.yaml").read_text())
+RAYSERVICE = yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
+BOTH = pytest.mark.parametrize("config", [CONFIG, CLUSTER], ids=["local", "cluster"])
 
 
-def test_config_is_valid_for_ray_serve():
-    schema = ServeDeploySchema.model_validate(CONFIG)
+@BOTH
+def test_config_is_valid_for_ray_serve(config):
+    schema = ServeDeploySchema.model_validate(config)
     assert schema.http_options.port == 8000
     assert schema.applications[0].import_path == "deployments.app:build_app"
 
 
-def test_config_deployments_are_the_ones_the_code_defines():
-    names = {d["name"] for d in CONFIG["applications"][0]["deployments"]}
+@BOTH
+def test_config_deployments_are_the_ones_the_code_defines(config):
+    app = config["applications"][0]
+    names = {d["name"] for d in app["deployments"]}
     assert names == {ClipModel.name, ImageFetcher.name, Ingress.name}
-    model = next(d for d in CONFIG["applications"][0]["deployments"] if d["name"] == "ClipModel")
+    model = next(d for d in app["deployments"] if d["name"] == "ClipModel")
     auto = model["autoscaling_config"]
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] >= auto["min_replicas"]
-    assert model["max_ongoing_requests"] >= CONFIG["applications"][0]["args"]["max_batch_size"]
+    assert model["max_ongoing_requests"] >= app["args"]["max_batch_size"]
+    assert model["max_queued_requests"] > 0  # bounded: overload answers 503 instead of queueing
 
 
-def test_config_args_are_valid_app_args_and_bind():
-    args = AppArgs.model_validate(CONFIG["applications"][0]["args"])
+@BOTH
+def test_config_args_are_valid_app_args_and_bind(config):
+    args = AppArgs.model_validate(config["applications"][0]["args"])
     assert args.model == "openai/clip-vit-base-patch32"
     assert args.fetch.allowed_networks == () and args.fetch.allowed_ports == (80, 443)
+    assert args.auth.api_keys == ()  # off until the operator adds keys
     build_app(args)  # binding needs no running cluster
+
+
+def test_cluster_config_puts_the_model_on_gpus_and_the_rest_on_cpu_nodes():
+    deployments = {d["name"]: d for d in CLUSTER["applications"][0]["deployments"]}
+    assert deployments["ClipModel"]["ray_actor_options"]["num_gpus"] == 1
+    for name in ("ImageFetcher", "Ingress"):
+        assert "cpu_node" in deployments[name]["ray_actor_options"]["resources"]
+        assert "autoscaling_config" in deployments[name]
+    assert CLUSTER["proxy_location"] == "EveryNode"
+    assert CLUSTER["logging_config"]["encoding"] == "JSON"
+
+
+def test_rayservice_runs_the_cluster_config_with_a_gpu_worker_group():
+    assert (RAYSERVICE["apiVersion"], RAYSERVICE["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = yaml.safe_load(RAYSERVICE["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve_config)
+    assert serve_config["applications"] == CLUSTER["applications"]  # the two never drift apart
+    groups = {g["groupName"]: g for g in RAYSERVICE["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu_limits["nvidia.com/gpu"] == "1"
+    assert "cpu_node" in groups["cpu"]["rayStartParams"]["resources"]
 
 
 def test_env_overrides_model_and_device(monkeypatch):
