@@ -171,3 +171,49 @@ def test_server_answers_are_cached_per_image(tmp_path):
         again = ServerBackend(client, "http://x", cache)
         again.score(samples, label_set, True)
         assert client.sent == 3 and again.requests == 0
+
+
+def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
+    """`--server`: the real ModerationClient against a stand-in service on 127.0.0.1."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Service(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["content-length"]))
+            red = len(body) % 2 == 0  # any answer that stays the same for the same file
+            scores = {"explicit": 0.7 if red else 0.1, "suggestive": 0.1, "none": 0.2 if red else 0.8}
+            result = {"name": "nudity", "kind": "exclusive", "scores": scores,
+                      "top_label": max(scores, key=scores.get), "top_score": max(scores.values()),
+                      "unsafe_labels": ["explicit"], "unsafe_score": scores["explicit"],
+                      "threshold": 0.4, "flagged": scores["explicit"] >= 0.4}
+            answer = json.dumps({"request_id": "r", "model": "stand-in", "flagged": result["flagged"],
+                                 "results": {"nudity": result},
+                                 "timing": {"total_ms": 1, "decode_ms": 1, "inference_ms": 1}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        argv = ["evaluate", str(dataset), "-c", "nudity", "--map", "warm=explicit", "--map", "cool=none",
+                "--server", url, "--cache", str(tmp_path / "c.sqlite"), "--quiet", "--out", str(tmp_path / "o")]
+        assert cli.main(argv) == cli.EXIT_CLEAN
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert report["mode"] == "server" and report["scored"] == 13  # the stand-in decodes nothing
+        assert report["variants"][BASELINE]["threshold"] == 0.4  # the server's threshold in force
+        assert report["cache"]["requests_sent"] == 13
+        assert cli.main(argv) == cli.EXIT_CLEAN
+        again = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert again["cache"] == {"path": str(tmp_path / "c.sqlite"), "requests_sent": 0, "answers_from_cache": 13}
+        assert again["variants"] == report["variants"]
+    finally:
+        server.shutdown()
+        server.server_close()
