@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     from classifiers.errors import ModelLoadError, ModerationError
+    from clients.errors import ModerationAPIError, ModerationConnectionError
     from evaluation.dataset import DatasetError, load_samples, parse_label_map, relabel
     from evaluation.run import RunOptions, run_in_process, run_on_server
     from evaluation.variants import load_variants
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             from clients.http import ModerationClient
 
             with ModerationClient(args.server, api_key=args.api_key) as client:
+                if not client.healthy():
+                    raise ModerationConnectionError(f"no healthy service at {args.server} (GET /healthz)")
                 report = run_on_server(samples, label_set, client, args.server, opts)
         else:
             from classifiers.model import DEFAULT_MODEL, load_clip
@@ -127,13 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ModerationError) as exc:
         print(f"moderation evaluate: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except ModelLoadError as exc:
-        print(f"moderation evaluate: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except Exception as exc:  # noqa: BLE001 - e.g. the server cannot be reached
-        if type(exc).__name__ not in ("ModerationConnectionError", "ModerationAPIError"):
-            raise
-        print(f"moderation evaluate: {exc}", file=sys.stderr)
+    except (ModelLoadError, ModerationConnectionError, ModerationAPIError) as exc:
+        print(f"moderation evaluate: {exc}", file=sys.stderr)  # no weights, or no server
         return EXIT_UNAVAILABLE
     if not args.quiet:
         print(summary_line(report, Path(args.out)))

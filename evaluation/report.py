@@ -30,9 +30,9 @@ def _confusion(summary: dict) -> list[str]:
 
 
 def _binary(binary: dict) -> list[str]:
-    lines = [f"Unsafe = {', '.join(f'`{u}`' for u in binary['unsafe_labels'])} "
-             f"({binary['positives']} unsafe, {binary['negatives']} safe images); score = `unsafe_score`, "
-             "flagged when `unsafe_score >= threshold`.", "",
+    lines = [(f"Unsafe = {', '.join(f'`{u}`' for u in binary['unsafe_labels'])} "
+              f"({binary['positives']} unsafe, {binary['negatives']} safe images); score = `unsafe_score`, "
+              "flagged when `unsafe_score >= threshold`."), "",
              f"- ROC-AUC: **{_f(binary['roc_auc'])}**, average precision (PR-AUC): **{_f(binary['average_precision'])}**"]
     rows = [["threshold in force", binary["at_current_threshold"]]]
     for key, what in (("for_target_precision", "precision"), ("for_target_recall", "recall")):
@@ -60,9 +60,9 @@ def render_markdown(report: dict) -> str:
                   else f"{cache['requests_sent']} requests sent, {cache['answers_from_cache']} answers from the cache")
     out = [f"# Evaluation: `{report['classifier']}` on `{report['dataset']}`", "",
            f"- Scored {report['scored']} of {report['samples']} images ({where}); {cache_line}.",
-           f"- Labels: " + ", ".join(f"`{n}` ({c})" for n, c in report["label_counts"].items()) + ".",
-           f"- Accuracy (top label): **{_f(base['accuracy'])}**; macro F1: **{_f(base['macro']['f1'])}**; "
-           f"top-label ECE: {_f(base['top_label_ece'])}."]
+           "- Labels: " + ", ".join(f"`{n}` ({c})" for n, c in report["label_counts"].items()) + ".",
+           (f"- Accuracy (top label): **{_f(base['accuracy'])}**; macro F1: **{_f(base['macro']['f1'])}**; "
+            f"top-label ECE: {_f(base['top_label_ece'])}.")]
     if report.get("temperature_applied", 1.0) != 1.0:
         out.append(f"- Calibration temperature applied: {report['temperature_applied']:g}.")
     out += ["", "## Per label", "", *_per_class(base), "", "## Confusion matrix", "",
@@ -79,13 +79,13 @@ def render_markdown(report: dict) -> str:
             rows.append([f"`{name}`" + (" **(wins)**" if name == report["winner"] else ""),
                          _f(v["macro"]["f1"]), _f(v["accuracy"]), _f(binary.get("roc_auc")),
                          _f(binary.get("average_precision")), len(v["templates"])])
-        out += ["## Prompt variants", "", "Same images, same cached embeddings; ranked by macro F1, "
-                "then ROC-AUC.", "", *_table(["variant", "macro F1", "accuracy", "ROC-AUC", "AP", "templates"], rows), ""]
+        out += ["## Prompt variants", "",
+                "Same images, same cached embeddings; ranked by macro F1, then ROC-AUC.", "", *_table(["variant", "macro F1", "accuracy", "ROC-AUC", "AP", "templates"], rows), ""]
     if report.get("calibration"):
         c = report["calibration"]
         out += ["## Calibration", "",
-                f"Temperature **{c['temperature']:.4g}** fitted on {c['samples']} images "
-                f"(written to `{c['file']}`; set `calibration:` in serve_config.yaml to use it).", "",
+                (f"Temperature **{c['temperature']:.4g}** fitted on {c['samples']} images "
+                 f"(written to `{c['file']}`; set `calibration:` in serve_config.yaml to use it)."), "",
                 *_table(["", "before", "after"], [["top-label ECE", _f(c["ece_before"], 4), _f(c["ece_after"], 4)],
                                                    ["NLL", _f(c["nll_before"], 4), _f(c["nll_after"], 4)]]),
                 "", f"![reliability]({c['plot']})", ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,6 @@ class RunOptions:
     max_frames: int = 1
     concurrency: int = 8
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _progress_bar(total: int, enabled: bool, what: str):
@@ -106,7 +105,6 @@ def _finish(samples, label_set, scored: dict[str, Scored], kept, errors, header,
             for name, s in scored.items()
         },
         "winner": winner if len(scored) > 1 else None,
-        **opts.extra,
     }
     base = scored[BASELINE]
     if opts.calibrate:

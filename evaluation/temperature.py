@@ -64,5 +64,5 @@ def calibrate(logits: np.ndarray, y: np.ndarray) -> dict:
         "temperature": round(t, 6),
         "ece_before": top_label_ece(logits, y), "ece_after": top_label_ece(logits, y, t),
         "nll_before": nll(logits, y, 1.0), "nll_after": nll(logits, y, t),
-        "samples": int(len(y)),
+        "samples": len(y),
     }

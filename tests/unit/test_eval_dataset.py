@@ -4,9 +4,15 @@ import json
 
 import pytest
 
-from evaluation.dataset import DatasetError, Sample, load_samples, parse_label_map, relabel
-from evaluation.variants import BASELINE, load_variants
 from classifiers.registry import BUILTIN_CLASSIFIERS
+from evaluation.dataset import (
+    DatasetError,
+    Sample,
+    load_samples,
+    parse_label_map,
+    relabel,
+)
+from evaluation.variants import BASELINE, load_variants
 
 
 def test_folder_per_class_recurses_and_skips_non_images(tmp_path):

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from images import encode
 from PIL import Image
 
 from classifiers.calibration import load_calibration, temperatures
@@ -23,7 +24,6 @@ from evaluation.cache import ResultCache
 from evaluation.dataset import load_samples
 from evaluation.run import RunOptions, run_in_process
 from evaluation.variants import BASELINE, Variant, apply_variant
-from images import encode
 
 COLOURS = {"warm": [(220, 40, 30), (200, 80, 20), (240, 60, 90)],
            "cool": [(20, 60, 210), (30, 160, 200), (60, 40, 180)]}
@@ -179,7 +179,12 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Service(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_GET(self):  # /healthz
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
             red = len(body) % 2 == 0  # any answer that stays the same for the same file
             scores = {"explicit": 0.7 if red else 0.1, "suggestive": 0.1, "none": 0.2 if red else 0.8}
@@ -203,6 +208,8 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+        assert cli.main(["evaluate", str(dataset), "-c", "nudity", "--server", "http://127.0.0.1:9",
+                         "--map", "warm=explicit", "--map", "cool=none", "--quiet"]) == 1  # nobody there
         argv = ["evaluate", str(dataset), "-c", "nudity", "--map", "warm=explicit", "--map", "cool=none",
                 "--server", url, "--cache", str(tmp_path / "c.sqlite"), "--quiet", "--out", str(tmp_path / "o")]
         assert cli.main(argv) == cli.EXIT_CLEAN
