@@ -17,28 +17,41 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def label_scores(head: Head, embedding: np.ndarray, logit_scale: float) -> np.ndarray:
+def label_logits(head: Head, embedding: np.ndarray, logit_scale: float) -> np.ndarray:
+    """One logit per head row: cosine × ``logit_scale`` (attributes: label, negation, ...)."""
+    return logit_scale * (head.matrix @ embedding.astype(np.float32))
+
+
+def label_scores(
+    head: Head, embedding: np.ndarray, logit_scale: float, temperature: float = 1.0
+) -> np.ndarray:
     """Per-label scores: a softmax over exclusive labels, or each attribute against its negation.
 
-    ``embedding`` is one L2-normalised image embedding; logits are cosine × ``logit_scale``.
+    ``embedding`` is one L2-normalised image embedding; logits are cosine × ``logit_scale``,
+    divided by the classifier's calibration ``temperature`` (1: uncalibrated).
     """
-    logits = logit_scale * (head.matrix @ embedding.astype(np.float32))
+    logits = label_logits(head, embedding, logit_scale) / temperature
     if head.label_set.kind == "exclusive":
         return softmax(logits)
     return sigmoid(logits[0::2] - logits[1::2])  # two-way softmax: label vs its negation
 
 
 def score(
-    head: Head, embedding: np.ndarray, logit_scale: float, threshold: float | None = None
+    head: Head,
+    embedding: np.ndarray,
+    logit_scale: float,
+    threshold: float | None = None,
+    temperature: float = 1.0,
 ) -> ClassifierResult:
     """Score one image for one classifier and decide whether it is flagged.
 
     ``embedding`` is one embedding, or one per frame ``(frames, dim)``: then each label's
     score and the unsafe score are the maximum over frames (one bad frame is enough).
+    ``temperature`` is the classifier's calibration temperature (see ``label_scores``).
     """
     label_set = head.label_set
     threshold = label_set.threshold if threshold is None else threshold
-    per_frame = np.stack([label_scores(head, e, logit_scale) for e in np.atleast_2d(embedding)])
+    per_frame = np.stack([label_scores(head, e, logit_scale, temperature) for e in np.atleast_2d(embedding)])
     probs = per_frame.max(axis=0)
     names = label_set.label_names
     unsafe_idx = [names.index(u) for u in label_set.unsafe]

@@ -117,6 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           help="default: table on a terminal, else jsonl")
     classify.add_argument("--output", "-o", help="write here instead of stdout")
     classify.add_argument("--flagged-only", action="store_true", help="print flagged images only")
+    commands.add_parser("evaluate", add_help=False,  # parsed by evaluation.cli (see main)
+                        help="measure a classifier's accuracy on a labelled image set "
+                             "(moderation evaluate --help)")
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -130,6 +133,11 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:  # imported only here: plain classifying needs no torch
+        from evaluation.cli import main as evaluate
+
+        return evaluate(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as exc:

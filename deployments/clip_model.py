@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from ray import serve
 
+from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import LabelSet, custom_label_set
@@ -56,6 +57,10 @@ class ClipModel:
         }
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.metrics = ModelMetrics()
+        self.temperatures = (  # a bad file fails the replica at start, never a request
+            temperatures(load_calibration(settings.calibration, set(BUILTIN_CLASSIFIERS)))
+            if settings.calibration else {}
+        )
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
@@ -140,7 +145,8 @@ class ClipModel:
         return Classification(
             model=self.encoder.name,
             results=tuple(
-                score(head, embedding, self.encoder.logit_scale, thresholds.get(head.label_set.name))
+                score(head, embedding, self.encoder.logit_scale, thresholds.get(head.label_set.name),
+                      self.temperatures.get(head.label_set.name, 1.0))
                 for head in heads
             ),
             decode_ms=round((decoded - start) * 1000, 2),

@@ -12,19 +12,21 @@ import sys
 
 import yaml
 
+from classifiers.calibration import load_calibration
 from classifiers.errors import ModelLoadError
 from classifiers.model import check_model_available
+from classifiers.registry import BUILTIN_CLASSIFIERS
 from deployments.app import ENV_OVERRIDES
 from deployments.settings import AppArgs
 
 
-def model_of(config_path: str) -> str:
-    """The model the config's (first) application will load, env overrides applied."""
+def args_of(config_path: str) -> AppArgs:
+    """The config's (first) application's args, env overrides applied."""
     with open(config_path, encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
-    args = AppArgs.model_validate(config["applications"][0].get("args") or {})
+    args = config["applications"][0].get("args") or {}
     env = {field: os.environ[var] for var, field in ENV_OVERRIDES.items() if os.environ.get(var)}
-    return env.get("model", args.model)
+    return AppArgs.model_validate({**args, **env})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.new_api_key:
         return _print_new_key(args.new_api_key)
     try:
-        model = model_of(args.config)
+        app_args = args_of(args.config)
+        model = app_args.model
         check_model_available(model)
+        if app_args.calibration:
+            load_calibration(app_args.calibration, set(BUILTIN_CLASSIFIERS))
     except ModelLoadError as exc:
         print(f"moderation-serve: {exc}", file=sys.stderr)
         return 1

@@ -75,6 +75,10 @@ class ModelSettings(_Strict):
     )
     custom_head_cache_size: int = Field(256, ge=1)
     decode_threads: int = Field(2, ge=1, le=64, description="Image decode threads per replica.")
+    calibration: str | None = Field(
+        None, description="A calibration file from `moderation evaluate --calibrate` "
+        "(per-classifier temperatures); every model replica must be able to read it.",
+    )
 
 
 class ApiKey(_Strict):

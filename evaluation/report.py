@@ -1,0 +1,103 @@
+"""The report of a run: ``report.json`` (every number) and ``report.md`` (for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _f(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _per_class(summary: dict) -> list[str]:
+    rows = [[f"`{name}`", _f(c["precision"]), _f(c["recall"]), _f(c["f1"]), c["support"]]
+            for name, c in summary["per_class"].items()]
+    macro = summary["macro"]
+    rows.append(["**macro**", _f(macro["precision"]), _f(macro["recall"]), _f(macro["f1"]), summary["samples"]])
+    return _table(["label", "precision", "recall", "F1", "images"], rows)
+
+
+def _confusion(summary: dict) -> list[str]:
+    names = summary["labels"]
+    rows = [[f"**{name}**", *counts] for name, counts in zip(names, summary["confusion_matrix"])]
+    return _table(["true \\ predicted", *names], rows)
+
+
+def _binary(binary: dict) -> list[str]:
+    lines = [(f"Unsafe = {', '.join(f'`{u}`' for u in binary['unsafe_labels'])} "
+              f"({binary['positives']} unsafe, {binary['negatives']} safe images); score = `unsafe_score`, "
+              "flagged when `unsafe_score >= threshold`."), "",
+             f"- ROC-AUC: **{_f(binary['roc_auc'])}**, average precision (PR-AUC): **{_f(binary['average_precision'])}**"]
+    rows = [["threshold in force", binary["at_current_threshold"]]]
+    for key, what in (("for_target_precision", "precision"), ("for_target_recall", "recall")):
+        if key in binary:
+            target = binary[key]
+            rows.append([f"{what} ≥ {target['target']:g}", target["result"]])
+    table = []
+    for name, point in rows:
+        if point is None:
+            table.append([name, "none reaches it", "", "", "", ""])
+        else:
+            table.append([name, f"{point['threshold']:.6g}", _f(point["precision"]), _f(point["recall"]),
+                          _f(point["false_positive_rate"]), point["flagged"]])
+    return lines + [""] + _table(["operating point", "threshold", "precision", "recall",
+                                  "false positive rate", "flagged"], table)
+
+
+def render_markdown(report: dict) -> str:
+    base = report["variants"]["baseline"]
+    where = (f"in-process, model `{report['model']}`" if report["mode"] == "in-process"
+             else f"server {report['server']}")
+    cache = report["cache"]
+    cache_line = (f"{cache['images_encoded']} images encoded, {cache['images_from_cache']} from the cache"
+                  if report["mode"] == "in-process"
+                  else f"{cache['requests_sent']} requests sent, {cache['answers_from_cache']} answers from the cache")
+    out = [f"# Evaluation: `{report['classifier']}` on `{report['dataset']}`", "",
+           f"- Scored {report['scored']} of {report['samples']} images ({where}); {cache_line}.",
+           "- Labels: " + ", ".join(f"`{n}` ({c})" for n, c in report["label_counts"].items()) + ".",
+           (f"- Accuracy (top label): **{_f(base['accuracy'])}**; macro F1: **{_f(base['macro']['f1'])}**; "
+            f"top-label ECE: {_f(base['top_label_ece'])}.")]
+    if report.get("temperature_applied", 1.0) != 1.0:
+        out.append(f"- Calibration temperature applied: {report['temperature_applied']:g}.")
+    out += ["", "## Per label", "", *_per_class(base), "", "## Confusion matrix", "",
+            *_confusion(base), "", f"![confusion matrix]({report['plots']['confusion_matrix']})", ""]
+    if "binary" in base:
+        out += ["## Moderation view: unsafe vs safe", "", *_binary(base["binary"]), ""]
+        if "pr_curve" in report["plots"]:
+            out += [f"![PR curve]({report['plots']['pr_curve']})", ""]
+    out += [f"![score histogram]({report['plots']['score_histogram']})", ""]
+    if len(report["variants"]) > 1:
+        rows = []
+        for name, v in sorted(report["variants"].items(), key=lambda kv: -kv[1]["macro"]["f1"]):
+            binary = v.get("binary") or {}
+            rows.append([f"`{name}`" + (" **(wins)**" if name == report["winner"] else ""),
+                         _f(v["macro"]["f1"]), _f(v["accuracy"]), _f(binary.get("roc_auc")),
+                         _f(binary.get("average_precision")), len(v["templates"])])
+        out += ["## Prompt variants", "",
+                "Same images, same cached embeddings; ranked by macro F1, then ROC-AUC.", "", *_table(["variant", "macro F1", "accuracy", "ROC-AUC", "AP", "templates"], rows), ""]
+    if report.get("calibration"):
+        c = report["calibration"]
+        out += ["## Calibration", "",
+                (f"Temperature **{c['temperature']:.4g}** fitted on {c['samples']} images "
+                 f"(written to `{c['file']}`; set `calibration:` in serve_config.yaml to use it)."), "",
+                *_table(["", "before", "after"], [["top-label ECE", _f(c["ece_before"], 4), _f(c["ece_after"], 4)],
+                                                   ["NLL", _f(c["nll_before"], 4), _f(c["nll_after"], 4)]]),
+                "", f"![reliability]({c['plot']})", ""]
+    if report["failed"]:
+        out += [f"## Images not scored ({len(report['failed'])})", ""]
+        out += [f"- `{f['source']}`: {f['error']}" for f in report["failed"][:50]]
+        if len(report["failed"]) > 50:
+            out.append(f"- ... and {len(report['failed']) - 50} more (see report.json)")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
