@@ -114,6 +114,9 @@ class ClassifierInfo(BaseModel):
     labels: list[str]
     unsafe_labels: list[str]
     threshold: float
+    temperature: float = Field(
+        1.0, description="Calibration temperature applied to this classifier's logits (1 = none)."
+    )
     prompts: dict[str, list[str]]
 
 

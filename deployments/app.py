@@ -9,8 +9,6 @@ from deployments.fetcher import ImageFetcher
 from deployments.ingress import Ingress
 from deployments.settings import AppArgs
 
-ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device"}
-
 
 def build_app(args: AppArgs) -> Application:
     """Bind Ingress → (ImageFetcher, ClipModel), each with its slice of the settings.
@@ -18,9 +16,7 @@ def build_app(args: AppArgs) -> Application:
     Serve validates ``args`` from serve_config.yaml against ``AppArgs``. MODERATION_MODEL and
     MODERATION_DEVICE override ``model`` and ``device`` when set.
     """
-    overrides = {field: os.environ[env] for env, field in ENV_OVERRIDES.items() if os.environ.get(env)}
-    if overrides:
-        args = AppArgs.model_validate({**args.model_dump(), **overrides})
+    args = args.with_env(os.environ)
     runtime = args.runtime_config()
     model = ClipModel.options(user_config={}).bind(args.model_settings(), runtime)
     fetcher = ImageFetcher.bind(args.fetch)

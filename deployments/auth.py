@@ -1,6 +1,7 @@
 """API keys and per-key rate limits, checked at the ingress before any fetch or model call.
 
-Keys are configured as SHA-256 hashes (``moderation-serve --new-api-key NAME`` makes one), so
+``ApiKeyGate`` (ASGI middleware) guards every path except the few in ``OPEN_PATHS``, so a
+route added later is protected without anyone remembering to. Keys are configured as SHA-256 hashes (``moderation-serve --new-api-key NAME`` makes one), so
 ``serve_config.yaml`` holds no secret. Rate limits use the maintained ``limits`` library: a
 moving window per key, in memory per ingress replica by default, or shared across replicas
 through any storage ``limits`` supports (e.g. ``async+redis://host:6379``).
@@ -18,10 +19,16 @@ from limits import parse_many
 from limits.storage import storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from starlette.requests import Request
+
 from classifiers.errors import ModerationError
+from deployments.responses import respond_error
 from deployments.settings import AuthSettings
 
 KEY_PREFIX = "mod_"
+# Health probes, the try-it page and the API docs need no key.
+OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def hash_key(key: str) -> str:
@@ -84,12 +91,12 @@ class Gatekeeper:
         if not limits or self._limiter is None:
             return
         for limit in limits:
-            if not await self._limiter.test(limit, key_name):
+            # hit() checks and counts in one step (atomic in the storage), so concurrent
+            # requests cannot all pass a check before any of them is counted.
+            if not await self._limiter.hit(limit, key_name):
                 stats = await self._limiter.get_window_stats(limit, key_name)
                 wait = max(1, math.ceil(stats.reset_time - time.time()))
                 raise RateLimited(f"rate limit of {limit} exceeded for this key; retry in {wait} s", wait)
-        for limit in limits:
-            await self._limiter.hit(limit, key_name)
 
 
 class RateLimited(ModerationError):
@@ -101,3 +108,33 @@ class RateLimited(ModerationError):
 
     def __reduce__(self):
         return (type(self), (self.message, self.retry_after_s))
+
+
+def route_path(scope) -> str:
+    """The path below the application's route prefix (Serve sets it as ``root_path``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path or "/"
+
+
+class ApiKeyGate:
+    """ASGI middleware: authenticate and rate-limit before any route runs or the body is read.
+
+    Uses ``app.state.gatekeeper`` (set by the ingress replica); open while no keys are set.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        gatekeeper = getattr(scope["app"].state, "gatekeeper", None) if scope["type"] == "http" else None
+        if gatekeeper is not None and gatekeeper.enabled:
+            path = route_path(scope)
+            if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+                request = Request(scope)
+                try:
+                    await gatekeeper.admit(gatekeeper.authenticate(request.headers.get("authorization")))
+                except ModerationError as error:
+                    return await respond_error(request, error)(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -35,6 +35,22 @@ def _torch_threads(requested: int | None) -> int:
     return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
+def _load_temperatures(settings: ModelSettings) -> dict[str, float]:
+    """Per-classifier temperatures from ``settings.calibration`` (none: no file)."""
+    if not settings.calibration:
+        return {}
+    calibration = load_calibration(settings.calibration, set(BUILTIN_CLASSIFIERS))
+    fitted_for = calibration.get("model")
+    if fitted_for and fitted_for != settings.model:
+        # Not fatal: the same weights may live under another path; loudly, since temperatures
+        # fitted on another checkpoint make scores mean nothing.
+        logger.warning("calibration %s was fitted for model %r, this replica serves %r",
+                       settings.calibration, fitted_for, settings.model)
+    found = temperatures(calibration)
+    logger.info("calibration %s: temperatures %s", settings.calibration, found)
+    return found
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 class ClipModel:
     """One CLIP checkpoint per replica; text heads built once at start-up."""
@@ -57,10 +73,7 @@ class ClipModel:
         }
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.metrics = ModelMetrics()
-        self.temperatures = (  # a bad file fails the replica at start, never a request
-            temperatures(load_calibration(settings.calibration, set(BUILTIN_CLASSIFIERS)))
-            if settings.calibration else {}
-        )
+        self.temperatures = _load_temperatures(settings)  # a bad file fails the replica at start
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
@@ -202,6 +215,7 @@ class ClipModel:
                     "name": s.name, "kind": s.kind, "description": s.description,
                     "labels": list(s.label_names), "unsafe_labels": list(s.unsafe),
                     "threshold": self.runtime.thresholds.get(s.name, s.threshold),
+                    "temperature": self.temperatures.get(s.name, 1.0),
                     "prompts": {label.name: list(label.prompts) for label in s.labels},
                 }
                 for s in BUILTIN_CLASSIFIERS.values()
@@ -209,12 +223,9 @@ class ClipModel:
         }
 
     def health(self) -> dict:
-        """The model this replica serves, and which replica (on which node) answered."""
-        import ray
-
+        """The model this replica serves, and which replica answered."""
         return {
             "model": self.encoder.name,
             "replica": serve.get_replica_context().replica_id.unique_id,
-            "node": ray.get_runtime_context().get_node_id(),
             "custom_heads_cached": len(self.custom_heads),
         }

@@ -16,7 +16,7 @@ from classifiers.errors import ModerationError
 from classifiers.schemas import (
     ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HealthResponse,
 )
-from deployments.auth import Gatekeeper
+from deployments.auth import ApiKeyGate, Gatekeeper
 from deployments.metrics import IngressMetrics
 from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
 from deployments.responses import (
@@ -54,6 +54,7 @@ app = FastAPI(
 )
 install_error_handlers(app)
 app.add_middleware(BodySizeLimit)
+app.add_middleware(ApiKeyGate)  # added last: runs first
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
@@ -64,15 +65,10 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
-        self.gatekeeper = Gatekeeper(settings.auth)
         self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
         app.state.metrics = self.metrics
-
-    async def _admit(self, request: Request) -> None:
-        """API key and rate limit, before the body is read or anything is fetched."""
-        key_name = self.gatekeeper.authenticate(request.headers.get("authorization"))
-        await self.gatekeeper.admit(key_name)
+        app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
 
     async def _call(self, response, timeout_s: float | None = None):
         try:
@@ -90,7 +86,6 @@ class Ingress:
     async def classify(self, request: Request) -> Response:
         """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
         start = time.perf_counter()
-        await self._admit(request)
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
         image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
         result = await self._call(self.model.try_classify.remote(image, **parsed.model_kwargs))
@@ -103,9 +98,8 @@ class Ingress:
         return Response(response.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)
-    async def classifiers(self, request: Request) -> ClassifiersResponse:
+    async def classifiers(self) -> ClassifiersResponse:
         """List the built-in classifiers: labels, unsafe labels, thresholds and prompts."""
-        await self._admit(request)
         return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
 
     @app.get("/", include_in_schema=False)

@@ -16,7 +16,6 @@ from classifiers.calibration import load_calibration
 from classifiers.errors import ModelLoadError
 from classifiers.model import check_model_available
 from classifiers.registry import BUILTIN_CLASSIFIERS
-from deployments.app import ENV_OVERRIDES
 from deployments.settings import AppArgs
 
 
@@ -24,9 +23,7 @@ def args_of(config_path: str) -> AppArgs:
     """The config's (first) application's args, env overrides applied."""
     with open(config_path, encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
-    args = config["applications"][0].get("args") or {}
-    env = {field: os.environ[var] for var, field in ENV_OVERRIDES.items() if os.environ.get(var)}
-    return AppArgs.model_validate({**args, **env})
+    return AppArgs.model_validate(config["applications"][0].get("args") or {}).with_env(os.environ)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def error_headers(error: ModerationError) -> dict[str, str]:
     return {}
 
 
-def _respond(request: Request, error: ModerationError, status: int | None = None) -> JSONResponse:
+def respond_error(request: Request, error: ModerationError, status: int | None = None) -> JSONResponse:
     """The error body, counted in the ingress's metrics (when the replica installed them)."""
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
@@ -92,15 +92,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModerationError)
     async def _moderation(request: Request, exc: ModerationError) -> JSONResponse:
-        return _respond(request, exc)
+        return respond_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message = "; ".join(e["msg"] for e in exc.errors()[:5])
-        return _respond(request, ModerationError("invalid_request", message))
+        return respond_error(request, ModerationError("invalid_request", message))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         error = ModerationError(code, str(exc.detail))
-        return _respond(request, error, exc.status_code if exc.status_code < 500 else error.status)
+        return respond_error(request, error, exc.status_code if exc.status_code < 500 else error.status)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from classifiers.model import DEFAULT_MODEL
 from classifiers.registry import BUILTIN_CLASSIFIERS
+
+
+ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device"}
 
 
 class _Strict(BaseModel):
@@ -84,7 +88,9 @@ class ModelSettings(_Strict):
 class ApiKey(_Strict):
     """One API key, stored as the SHA-256 of the key (never the key itself)."""
 
-    name: str = Field(min_length=1, max_length=64, description="Who holds the key (for limits and logs).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Who holds the key (for limits and logs)."
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
     rate_limit: str | None = Field(None, description="This key's limit, overriding the default.")
 
@@ -99,7 +105,8 @@ class AuthSettings(_Strict):
     )
     rate_limit_storage: str = Field(
         "async+memory://", description="Where limit counters live: in memory per ingress "
-        "replica, or shared, e.g. 'async+redis://redis:6379' (needs the redis extra of limits).",
+        "replica (so N ingress replicas allow up to N times the limit), or shared by all, e.g. "
+        "'async+redis://redis:6379' (needs `pip install 'limits[async-redis]'`).",
     )
 
     @field_validator("api_keys")
@@ -117,6 +124,28 @@ class AuthSettings(_Strict):
     @classmethod
     def _limit(cls, value: str | None) -> str | None:
         return _check_limit(value)
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        """An async storage `limits` can build (its driver installed); no connection is made."""
+        from limits.errors import ConfigurationError
+        from limits.storage import storage_from_string
+
+        if not value.startswith("async+"):
+            raise ValueError("rate_limit_storage must be an async storage URI, e.g. async+memory:// "
+                             "or async+redis://host:6379")
+        try:
+            storage_from_string(value)
+        except ConfigurationError as exc:
+            raise ValueError(f"rate_limit_storage: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _limits_need_keys(self) -> "AuthSettings":
+        if self.rate_limit and not self.api_keys:
+            raise ValueError("auth.rate_limit is per API key: add api_keys, or remove rate_limit")
+        return self
 
 
 def _check_limit(value: str | None) -> str | None:
@@ -141,6 +170,11 @@ class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
     """
 
     fetch: FetchSettings = FetchSettings()
+
+    def with_env(self, environ: Mapping[str, str]) -> "AppArgs":
+        """These args with MODERATION_MODEL / MODERATION_DEVICE from ``environ`` laid over."""
+        overrides = {field: environ[var] for var, field in ENV_OVERRIDES.items() if environ.get(var)}
+        return AppArgs.model_validate({**self.model_dump(), **overrides}) if overrides else self
 
     def _slice(self, cls: type[_Strict]) -> _Strict:
         return cls(**self.model_dump(include=set(cls.model_fields)))

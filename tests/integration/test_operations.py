@@ -8,6 +8,7 @@ API keys, a per-key rate limit and a short request timeout. Traffic goes to 127.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -38,9 +39,11 @@ SECRET = "SECRET-9f3a71"  # in URL query strings: must never reach a log file
 PHOTO = jpeg(320, 240, seed=3)
 
 
+@functools.cache
 def slow_png() -> bytes:
     """A 270 kB upload that takes ~100 ms to decode (3000x3000 gradient): a real, costly image,
-    so the model replica (not the proxy) is the bottleneck in the overload test."""
+    so requests spend their time in the model replica (the bottleneck for the overload test,
+    and where a killed replica catches them)."""
     y, x = np.mgrid[0:3000, 0:3000]
     pixels = np.stack([x * 255 // 3000, y * 255 // 3000, (x + y) * 255 // 6000], -1)
     from PIL import Image
@@ -128,6 +131,9 @@ def test_api_key_is_checked_before_any_fetch(http, service):
     assert_error(allowed, 502, "fetch_failed")
     assert canary.connections > before
     assert http.get("/guarded/healthz").status_code == 200  # probes need no key
+    assert http.get("/guarded/openapi.json").status_code == 200
+    # Every other path is guarded, including ones no route handles: the gate runs first.
+    assert_error(http.get("/guarded/v1/anything"), 401, "unauthorized")
     ok = upload(http, "/guarded/v1/classify", headers={"Authorization": f"Bearer {ALICE}"})
     assert ok.status_code == 200, ok.text
 
@@ -203,7 +209,27 @@ def sample(text: str, name: str, **tags: str) -> float:
     return total
 
 
+def metric_values(port: int, wanted) -> dict:
+    text = scrape(port)
+    return {key: sample(text, key[0], application="moderation", **dict(key[1])) for key in wanted}
+
+
 def test_prometheus_metrics(http, service):
+    wanted = {
+        ("ray_moderation_classifications_total", (("classifier", "nudity"),)): 3,
+        ("ray_moderation_classifications_total", (("classifier", "custom"), ("decision", "flagged"))): 1,
+        ("ray_moderation_images_total", (("decision", "flagged"),)): 1,
+        ("ray_moderation_errors_total", (("code", "url_forbidden"),)): 1,
+        ("ray_moderation_errors_total", (("code", "fetch_timeout"),)): 1,
+        ("ray_moderation_fetch_errors_total", (("code", "fetch_timeout"),)): 1,
+        ("ray_moderation_decode_ms_count", ()): 4,
+        ("ray_moderation_batch_size_count", ()): 1,
+        ("ray_moderation_model_ms_count", ()): 1,
+        ("ray_moderation_fetch_ms_count", ()): 1,
+        ("ray_serve_num_http_requests_total", ()): 6,  # Ray Serve's own, on the same endpoint
+    }
+    time.sleep(2)  # let earlier tests' samples arrive (reported every second)
+    before = metric_values(service["metrics_port"], wanted)
     flagged = http.post("/v1/classify", json={
         "url": f"http://127.0.0.1:{service['image_port']}/photo.jpg",
         "classifiers": [], "labels": ["a photo", "a drawing"], "unsafe_labels": ["a photo"],
@@ -211,30 +237,19 @@ def test_prometheus_metrics(http, service):
     })
     assert flagged.status_code == 200 and flagged.json()["flagged"]
     for _ in range(3):
-        assert upload(http).status_code == 200
+        assert upload(http, data=PHOTO).status_code == 200
     assert_error(http.post("/v1/classify", json={"url": "http://10.0.0.1/x.jpg"}), 400, "url_forbidden")
     stalled = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{service['image_port']}/stall"})
     assert_error(stalled, 504, "fetch_timeout")
-    wanted = {
-        ("ray_moderation_classifications_total", (("classifier", "nudity"),)): 3,
-        ("ray_moderation_classifications_total", (("classifier", "custom"), ("decision", "flagged"))): 1,
-        ("ray_moderation_images_total", (("decision", "flagged"),)): 1,
-        ("ray_moderation_errors_total", (("code", "url_forbidden"),)): 1,
-        ("ray_moderation_fetch_errors_total", (("code", "fetch_timeout"),)): 1,
-        ("ray_moderation_decode_ms_count", ()): 4,
-        ("ray_moderation_batch_size_count", ()): 1,
-        ("ray_moderation_model_ms_count", ()): 1,
-        ("ray_moderation_fetch_ms_count", ()): 1,
-        ("ray_serve_num_http_requests_total", ()): 1,  # Ray Serve's own, on the same endpoint
-    }
     deadline = time.monotonic() + 30
     while True:
-        text = scrape(service["metrics_port"])
-        missing = {key: n for key, n in wanted.items() if sample(text, key[0], **dict(key[1])) < n}
+        now = metric_values(service["metrics_port"], wanted)
+        missing = {key[0] + str(key[1]): (now[key] - before[key], n)
+                   for key, n in wanted.items() if now[key] - before[key] < n}
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert not missing, f"metrics missing or too low: {missing}"
+    assert not missing, f"metrics that did not grow by the requests sent (got, wanted): {missing}"
 
 
 # --- overload and restarts ------------------------------------------------------------------
@@ -300,13 +315,13 @@ def test_killed_model_replica_is_replaced_and_clients_retry(service):
 
     pid = replica_pid()
     retry = RetryPolicy(max_retries=8, backoff_s=0.5, max_backoff_s=4)
-    total, outcomes = 120, []
+    total, outcomes, image = 80, [], slow_png()  # ~100 ms in the model: the kill catches some
     with ModerationClient(service["url"], retry=retry, timeout_s=30) as client:
         def one(i: int) -> bool:
-            if i == 30:
+            if i == 20:
                 os.kill(pid, signal.SIGKILL)
             try:
-                return client.classify(PHOTO, classifiers=["nudity"]).results["nudity"] is not None
+                return client.classify(image, classifiers=["nudity"]).results["nudity"] is not None
             except Exception:  # noqa: BLE001 - counted as a failure
                 return False
 
@@ -316,3 +331,12 @@ def test_killed_model_replica_is_replaced_and_clients_retry(service):
     print(f"success rate with a replica killed: {rate:.1%} ({sum(outcomes)}/{total})")
     assert rate >= 0.99
     assert replica_pid() != pid  # Ray Serve started a new replica
+    # Requests caught by the kill were answered 503 model_unavailable (and retried), not 500.
+    key = ("ray_moderation_errors_total", (("code", "model_unavailable"),))
+    internal = ("ray_moderation_errors_total", (("code", "internal_error"),))
+    deadline = time.monotonic() + 20
+    while (values := metric_values(service["metrics_port"], [key, internal]))[key] < 1 \
+            and time.monotonic() < deadline:
+        time.sleep(1)
+    print(f"503 model_unavailable answers during the restart: {values[key]:.0f}")
+    assert values[key] >= 1 and values[internal] == 0

@@ -106,3 +106,55 @@ def test_launcher_prints_a_key_and_only_its_hash_for_the_config(capsys):
     entry = yaml.safe_load(out.splitlines()[-1].strip())[0]
     assert entry == {"name": "forum", "sha256": hash_key(key)}
     assert key not in out.splitlines()[-1]
+
+
+def test_concurrent_requests_cannot_overrun_the_limit():
+    """A storage that yields between calls (as a network store does) must still admit 2 of 10."""
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    class YieldingStorage(MemoryStorage):
+        async def acquire_entry(self, *args, **kwargs):
+            await asyncio.sleep(0)
+            return await super().acquire_entry(*args, **kwargs)
+
+        async def get_moving_window(self, *args, **kwargs):
+            await asyncio.sleep(0)
+            return await super().get_moving_window(*args, **kwargs)
+
+    keeper = gatekeeper()
+    keeper._limiter = MovingWindowRateLimiter(YieldingStorage())
+
+    async def attempt():
+        try:
+            await keeper.admit("second")  # 1/minute
+            return True
+        except ModerationError:
+            return False
+
+    async def burst():
+        return await asyncio.gather(*(attempt() for _ in range(10)))
+
+    assert sum(asyncio.run(burst())) == 1
+
+
+@pytest.mark.parametrize(("path", "root", "expected"), [
+    ("/v1/classify", "", "/v1/classify"),
+    ("/guarded/v1/classify", "/guarded", "/v1/classify"),
+    ("/guarded", "/guarded", "/"),
+    ("/v1/classify", "/guarded", "/v1/classify"),  # servers that strip the prefix themselves
+])
+def test_route_path_drops_the_application_prefix(path, root, expected):
+    from deployments.auth import route_path
+
+    assert route_path({"path": path, "root_path": root}) == expected
+
+
+def test_settings_reject_limits_without_keys_and_sync_storages():
+    with pytest.raises(ValidationError, match="per API key"):
+        AuthSettings(rate_limit="1/second")
+    for storage in ("memory://", "redis://localhost:6379", "async+nosuch://"):
+        with pytest.raises(ValidationError, match="rate_limit_storage"):
+            AuthSettings(rate_limit_storage=storage)
+    with pytest.raises(ValidationError):
+        ApiKey(name="team #1", sha256=hash_key("x"))  # would print as broken YAML
