@@ -41,13 +41,32 @@ def test_extreme_aspect_ratio_is_cheap():
     assert pixels.shape == (224, 224, 3) and tuple(pixels[100, 100]) == (10, 200, 30)
 
 
-def test_large_jpeg_uses_draft_decode_and_stays_close_to_the_processor():
-    data = jpeg(4000, 3000, quality=92)
+@pytest.mark.parametrize("size", [(4000, 3000), (1024, 768), (640, 480)])
+def test_jpeg_draft_decode_stays_close_to_the_processor(size):
+    data = jpeg(*size, quality=92)
     full = Image.open(io.BytesIO(data)).convert("RGB")
     ours = normalised(decode_image(data, SPEC, draft=True))
     ref = reference(full)
     assert np.abs(ours - ref).mean() < 0.03  # normalised units (~0.8 of one grey level)
     assert np.abs(ours - ref).max() < 0.6
+
+
+def test_jpeg_draft_decodes_at_reduced_scale_but_not_below_the_target(monkeypatch):
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    decoded_sizes = []
+    draft = JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = draft(self, mode, size)
+        decoded_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImageFile, "draft", spy)
+    for size, expected in (((4000, 3000), (500, 375)), ((1024, 768), (512, 384)), ((300, 240), (300, 240))):
+        decoded_sizes.clear()
+        decode_image(jpeg(*size), SPEC, draft=True)
+        assert decoded_sizes == [expected]
 
 
 def test_output_is_compact_uint8():
