@@ -70,9 +70,10 @@ def _calibration(c: dict, applied: float) -> list[str]:
                  f"threshold from this table. ROC-AUC {_f(c['binary']['roc_auc'])}, average precision "
                  f"{_f(c['binary']['average_precision'])}; all {c['samples']} images."), "",
                 *_operating_points(c["binary"]), ""]
-    if c["nll_after"] > c["nll_before"] or c["ece_after"] > c["ece_before"]:
-        out += [("**The held-out images fare worse with this temperature**: it does not generalise "
-                 "beyond the images it was fitted on. Calibrate on more images before deploying it."), ""]
+    worse = [name for name, key in (("ECE", "ece"), ("NLL", "nll")) if c[f"{key}_after"] > c[f"{key}_before"]]
+    if worse:
+        out += [(f"**Held-out {' and '.join(worse)} got worse with this temperature**: it does not carry "
+                 "over well beyond the images it was fitted on. Calibrate on more images before deploying it."), ""]
     out += [("Fitted on each image's first frame: with `max_frames` > 1 the service applies T to every "
              "frame and keeps each label's maximum, so scores of animated images may be less well calibrated."), ""]
     return out
