@@ -5,7 +5,11 @@ Written by ``moderation evaluate --calibrate FILE`` and loaded by the service
 
     {"format": "clip-moderation-calibration/1", "model": "openai/clip-vit-base-patch32",
      "classifiers": {"nudity": {"temperature": 0.62, "ece_before": 0.21, "ece_after": 0.04,
-                                "samples": 480}}}
+                                "samples": 480, "fit_samples": 336, "holdout_samples": 144}}}
+
+Only ``temperature`` is read here; the rest records the fit (ECE and NLL measured on the
+held-out images). ``moderation evaluate`` refuses to write a temperature fitted on too few
+images or lying at the bounds below (``MIN_TEMPERATURE``/``MAX_TEMPERATURE``).
 
 Scoring divides each classifier's logits by its temperature before the softmax (or sigmoid):
 above 1 softens over-confident scores, below 1 sharpens timid ones; the top label never changes.

@@ -24,8 +24,7 @@ def analyse(scored: Scored, y: np.ndarray, target_precision: float | None = None
     that meet the targets (``None`` where no threshold meets one)."""
     names = scored.label_set.label_names
     summary = metrics.classification_summary(y, scored.probs.argmax(axis=1), names)
-    summary["top_label_ece"] = metrics.expected_calibration_error(
-        scored.probs.max(axis=1), scored.probs.argmax(axis=1) == y)
+    summary["top_label_ece"] = metrics.top_label_ece(scored.probs, y)
     positives = binary_view(scored, y)
     if positives is not None:
         s = scored.unsafe

@@ -3,8 +3,9 @@
 In-process runs the service's preprocessing (``decode_frames``), encoder and scoring
 (``build_head`` + ``score``), so its numbers are the service's numbers. Image embeddings are
 cached, so scoring another label set or prompt wording costs a text pass, not an image pass.
-A server returns scores, not embeddings: its answers are cached per classifier instead, and it
-can score only the label set it serves.
+A server returns scores, not embeddings: its answers are cached per classifier instead, keyed
+by what it serves (its model and its ``GET /v1/classifiers`` catalog: prompts, thresholds,
+temperatures), and it can score only the label set it serves.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from classifiers.errors import ModerationError
 from classifiers.labels import LabelSet
+from clients.errors import ModerationAPIError
 from evaluation.cache import ResultCache, digest
 from evaluation.dataset import Sample
 
@@ -171,6 +173,21 @@ class ServerBackend:
         self.client, self.server, self.cache = client, server, cache
         self.concurrency, self.chunk = concurrency, chunk
         self.requests = 0
+        self.model: str | None = None  # what the server serves, read once per run (see identity)
+        self.catalog_sha256: str | None = None
+
+    def identity(self) -> str:
+        """The server's model and a hash of its catalog, fetched once: a redeploy with another
+        model, prompts, thresholds or calibration gives other answers, so other cache keys."""
+        if self.catalog_sha256 is None:
+            try:
+                catalog = self.client.classifiers()
+            except ValueError as exc:  # a body that is not a catalog: not a service this can evaluate
+                raise ModerationAPIError(200, "invalid_catalog", f"GET /v1/classifiers: {str(exc).splitlines()[0]}",
+                                         None) from None
+            self.model = catalog.model
+            self.catalog_sha256 = hashlib.sha256(catalog.model_dump_json().encode()).hexdigest()
+        return f"server={self.server}|model={self.model}|catalog={self.catalog_sha256[:16]}"
 
     def _options(self, label_set: LabelSet, custom: bool) -> dict:
         if custom:
@@ -183,7 +200,7 @@ class ServerBackend:
         """Scores for the usable samples, their indices, and the errors of the others."""
         options = self._options(label_set, custom)
         result_name = "custom" if custom else label_set.name
-        producer = f"server={self.server}|" + repr(sorted(options.items()))
+        producer = f"{self.identity()}|" + repr(sorted(options.items()))
         answers: dict[int, dict] = {}
         errors: dict[int, str] = {}
         for start in range(0, len(samples), self.chunk):
@@ -204,6 +221,9 @@ class ServerBackend:
                 if item.error is not None:
                     fresh[key] = {"error": f"{getattr(item.error, 'code', type(item.error).__name__)}: "
                                            f"{getattr(item.error, 'message', item.error)}"}
+                elif item.response.model != self.model:  # redeployed during the run: not cached
+                    fresh[key] = {"error": f"answered by model {item.response.model!r}, not {self.model!r} "
+                                           "(the service changed during the run)"}
                 else:
                     r = item.response.results[result_name]
                     fresh[key] = {"scores": r.scores, "unsafe_score": r.unsafe_score, "threshold": r.threshold}

@@ -1,9 +1,9 @@
 """A resumable on-disk cache of image embeddings (and of server answers), in one SQLite file.
 
 Keys are the SHA-256 of the image file's bytes plus the identity of what produced the value
-(model and preprocessing for embeddings; server, classifier and options for answers), so
-renamed or moved files hit, and changed files or another model miss. Every batch is committed
-as it is computed: an interrupted run resumes where it stopped.
+(model and preprocessing for embeddings; server, its model and catalog, classifier and options
+for answers), so renamed or moved files hit, and changed files or another model miss. Every
+batch is committed as it is computed: an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def summary_line(report: dict, out: Path) -> str:
         parts.append(f"best variant: {report['winner']}")
     if report.get("calibration"):
         c = report["calibration"]
-        parts.append(f"temperature {c['temperature']:.4g} (ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f})")
+        parts.append(f"temperature {c['temperature']:.4g} (held-out ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f})")
     return "; ".join(parts) + f"; report: {out / 'report.md'}"
 
 

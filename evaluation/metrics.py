@@ -138,3 +138,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
         if members.any():
             total += members.sum() * abs(confidence[members].mean() - correct[members].mean())
     return float(total / max(1, len(confidence)))
+
+
+def top_label_ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the top label: its probability against whether it is the true label."""
+    probs = np.asarray(probs, float)
+    return expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y), bins)

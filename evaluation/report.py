@@ -34,6 +34,10 @@ def _binary(binary: dict) -> list[str]:
               f"({binary['positives']} unsafe, {binary['negatives']} safe images); score = `unsafe_score`, "
               "flagged when `unsafe_score >= threshold`."), "",
              f"- ROC-AUC: **{_f(binary['roc_auc'])}**, average precision (PR-AUC): **{_f(binary['average_precision'])}**"]
+    return lines + [""] + _operating_points(binary)
+
+
+def _operating_points(binary: dict) -> list[str]:
     rows = [["threshold in force", binary["at_current_threshold"]]]
     for key, what in (("for_target_precision", "precision"), ("for_target_recall", "recall")):
         if key in binary:
@@ -46,14 +50,39 @@ def _binary(binary: dict) -> list[str]:
         else:
             table.append([name, f"{point['threshold']:.6g}", _f(point["precision"]), _f(point["recall"]),
                           _f(point["false_positive_rate"]), point["flagged"]])
-    return lines + [""] + _table(["operating point", "threshold", "precision", "recall",
-                                  "false positive rate", "flagged"], table)
+    return _table(["operating point", "threshold", "precision", "recall", "false positive rate", "flagged"], table)
+
+
+def _calibration(c: dict, applied: float) -> list[str]:
+    out = ["## Calibration", "",
+           (f"Temperature **{c['temperature']:.4g}** fitted on {c['fit_samples']} of {c['samples']} images "
+            f"(a fixed 70 % of each label); ECE and NLL below are measured on the other "
+            f"{c['holdout_samples']} images, which the fit did not see. Written to `{c['file']}`; set "
+            "`calibration:` in serve_config.yaml to use it."), "",
+           *_table(["held-out images", "before", "after"],
+                   [["top-label ECE", _f(c["ece_before"], 4), _f(c["ece_after"], 4)],
+                    ["NLL", _f(c["nll_before"], 4), _f(c["nll_after"], 4)]]),
+           "", f"![reliability]({c['plot']})", ""]
+    if c.get("binary"):
+        out += ["### Thresholds for calibrated scores", "",
+                (f"Once the service loads this file it scores with T = {c['temperature']:.4g}, so its "
+                 f"`unsafe_score`s are these, not the ones above (scored at T = {applied:g}): choose the "
+                 f"threshold from this table. ROC-AUC {_f(c['binary']['roc_auc'])}, average precision "
+                 f"{_f(c['binary']['average_precision'])}; all {c['samples']} images."), "",
+                *_operating_points(c["binary"]), ""]
+    worse = [name for name, key in (("ECE", "ece"), ("NLL", "nll")) if c[f"{key}_after"] > c[f"{key}_before"]]
+    if worse:
+        out += [(f"**Held-out {' and '.join(worse)} got worse with this temperature**: it does not carry "
+                 "over well beyond the images it was fitted on. Calibrate on more images before deploying it."), ""]
+    out += [("Fitted on each image's first frame: with `max_frames` > 1 the service applies T to every "
+             "frame and keeps each label's maximum, so scores of animated images may be less well calibrated."), ""]
+    return out
 
 
 def render_markdown(report: dict) -> str:
     base = report["variants"]["baseline"]
     where = (f"in-process, model `{report['model']}`" if report["mode"] == "in-process"
-             else f"server {report['server']}")
+             else f"server {report['server']}, model `{report.get('model')}`")
     cache = report["cache"]
     cache_line = (f"{cache['images_encoded']} images encoded, {cache['images_from_cache']} from the cache"
                   if report["mode"] == "in-process"
@@ -69,6 +98,10 @@ def render_markdown(report: dict) -> str:
             *_confusion(base), "", f"![confusion matrix]({report['plots']['confusion_matrix']})", ""]
     if "binary" in base:
         out += ["## Moderation view: unsafe vs safe", "", *_binary(base["binary"]), ""]
+        if (report.get("calibration") or {}).get("binary"):
+            out += [(f"These are scores at T = {report.get('temperature_applied', 1.0):g}; for the thresholds "
+                     "that hold once the calibration fitted below is deployed, see "
+                     "[Thresholds for calibrated scores](#thresholds-for-calibrated-scores)."), ""]
         if "pr_curve" in report["plots"]:
             out += [f"![PR curve]({report['plots']['pr_curve']})", ""]
     out += [f"![score histogram]({report['plots']['score_histogram']})", ""]
@@ -82,13 +115,7 @@ def render_markdown(report: dict) -> str:
         out += ["## Prompt variants", "",
                 "Same images, same cached embeddings; ranked by macro F1, then ROC-AUC.", "", *_table(["variant", "macro F1", "accuracy", "ROC-AUC", "AP", "templates"], rows), ""]
     if report.get("calibration"):
-        c = report["calibration"]
-        out += ["## Calibration", "",
-                (f"Temperature **{c['temperature']:.4g}** fitted on {c['samples']} images "
-                 f"(written to `{c['file']}`; set `calibration:` in serve_config.yaml to use it)."), "",
-                *_table(["", "before", "after"], [["top-label ECE", _f(c["ece_before"], 4), _f(c["ece_after"], 4)],
-                                                   ["NLL", _f(c["nll_before"], 4), _f(c["nll_after"], 4)]]),
-                "", f"![reliability]({c['plot']})", ""]
+        out += _calibration(report["calibration"], report.get("temperature_applied", 1.0))
     if report["failed"]:
         out += [f"## Images not scored ({len(report['failed'])})", ""]
         out += [f"- `{f['source']}`: {f['error']}" for f in report["failed"][:50]]

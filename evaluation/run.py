@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from evaluation.backends import InProcessBackend, Scored, ServerBackend
 from evaluation.cache import ResultCache
 from evaluation.dataset import DatasetError, Sample
 from evaluation.report import write_report
-from evaluation.temperature import calibrate, softmax_rows
+from evaluation.temperature import calibrate, holdout_split, probabilities
 from evaluation.variants import BASELINE, Variant
 
 
@@ -65,9 +66,11 @@ def run_in_process(samples: list[Sample], label_set: LabelSet, encoder, opts: Ru
     usable = [embeddings[i] for i in kept]
     scored = {v.name: backend.score(v.label_set, usable, temperature, opts.threshold) for v in variants}
     header = {"mode": "in-process", "model": encoder.name, "temperature_applied": temperature,
+              "max_frames": opts.max_frames,
               "cache": {"path": opts.cache, "images_encoded": backend.encoded_images,
                         "images_from_cache": len(kept) - backend.encoded_images}}
-    return _finish(samples, label_set, scored, kept, errors, header, opts)
+    return _finish(samples, label_set, scored, kept, errors, header, opts,
+                   rescore=lambda t: backend.score(label_set, usable, t, opts.threshold))
 
 
 def run_on_server(samples: list[Sample], label_set: LabelSet, client, server: str, opts: RunOptions) -> dict:
@@ -80,15 +83,18 @@ def run_on_server(samples: list[Sample], label_set: LabelSet, client, server: st
         raise DatasetError(f"no image could be scored; first error: {next(iter(errors.values()))}")
     if opts.threshold is not None:
         scored = Scored(scored.label_set, scored.probs, scored.unsafe, opts.threshold)
-    header = {"mode": "server", "server": server,
+    header = {"mode": "server", "server": server, "model": backend.model, "catalog_sha256": backend.catalog_sha256,
               "cache": {"path": opts.cache, "requests_sent": backend.requests,
                         "answers_from_cache": len(kept) - backend.requests}}
     return _finish(samples, label_set, {BASELINE: scored}, kept, errors, header, opts)
 
 
-def _finish(samples, label_set, scored: dict[str, Scored], kept, errors, header, opts: RunOptions) -> dict:
+def _finish(samples, label_set, scored: dict[str, Scored], kept, errors, header, opts: RunOptions,
+            rescore: Callable[[float], Scored] | None = None) -> dict:
     names = label_set.label_names
     y = np.array([names.index(samples[i].label) for i in kept])
+    # fitted (and refused, when it must be) before anything is written
+    fitted = _fit(scored[BASELINE], y, label_set, opts, header.get("model"), rescore) if opts.calibrate else None
     results = {name: analyse(s, y, opts.target_precision, opts.target_recall) for name, s in scored.items()}
     winner = max(results, key=lambda name: rank_key(results[name]))
     opts.out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,33 +112,45 @@ def _finish(samples, label_set, scored: dict[str, Scored], kept, errors, header,
         },
         "winner": winner if len(scored) > 1 else None,
     }
-    base = scored[BASELINE]
-    if opts.calibrate:
-        report["calibration"] = _calibrate(base, y, label_set, opts, report)
+    if fitted is not None:
+        report["calibration"] = _write_calibration(*fitted, scored[BASELINE], y, label_set, opts)
     report["plots"] = _plots(scored, y, report, opts.out_dir)
     write_report(report, opts.out_dir)
     return report
 
 
-def _calibrate(base: Scored, y: np.ndarray, label_set: LabelSet, opts: RunOptions, report: dict) -> dict:
-    entry = calibrate(base.logits, y)
-    entry["dataset"] = opts.dataset
+def _fit(base: Scored, y: np.ndarray, label_set: LabelSet, opts: RunOptions, model: str | None,
+         rescore: Callable[[float], Scored] | None) -> tuple[dict, Path, dict | None]:
+    """Fit a temperature and check the file can take it; returns the file's new content, its
+    path, and the moderation view of the scores the service will give with it. Writes nothing."""
+    entry = {**calibrate(base.logits, y), "dataset": opts.dataset}
     path = Path(opts.calibrate).expanduser()
-    data = {"format": FORMAT, "model": report.get("model"), "classifiers": {}}
+    data = {"format": FORMAT, "model": model, "classifiers": {}}
     if path.exists():  # add to (or replace in) the file: one file serves every classifier
         data = load_calibration(path, set(BUILTIN_CLASSIFIERS))
-        if data.get("model") != report.get("model"):
-            raise DatasetError(f"{path} was fitted for model {data.get('model')!r}, not {report.get('model')!r}; "
+        if data.get("model") != model:
+            raise DatasetError(f"{path} was fitted for model {data.get('model')!r}, not {model!r}; "
                                "write the calibration for this model to another file")
     data["classifiers"][label_set.name] = entry
+    # the thresholds must hold for calibrated scores: search them again at the fitted temperature
+    calibrated = rescore(entry["temperature"]) if rescore else None
+    view = analyse(calibrated, y, opts.target_precision, opts.target_recall) if calibrated else {}
+    return data, path, view.get("binary")
+
+
+def _write_calibration(data: dict, path: Path, binary: dict | None, base: Scored, y: np.ndarray,
+                       label_set: LabelSet, opts: RunOptions) -> dict:
+    entry = data["classifiers"][label_set.name]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    before, after = softmax_rows(base.logits), softmax_rows(base.logits / entry["temperature"])
+    _, held = holdout_split(y)
+    before, after = probabilities(base.logits[held]), probabilities(base.logits[held], entry["temperature"])
     plots.reliability_png(opts.out_dir / "reliability.png",
-                          (before.max(axis=1), (before.argmax(axis=1) == y).astype(float)),
-                          (after.max(axis=1), (after.argmax(axis=1) == y).astype(float)),
-                          f"{label_set.name}: calibration (T={entry['temperature']:.3g})")
-    return {**entry, "file": str(path), "plot": "reliability.png"}
+                          (before.max(axis=1), (before.argmax(axis=1) == y[held]).astype(float)),
+                          (after.max(axis=1), (after.argmax(axis=1) == y[held]).astype(float)),
+                          f"{label_set.name}: calibration (T={entry['temperature']:.3g})\n"
+                          f"on {len(held)} held-out images")
+    return {**entry, "file": str(path), "plot": "reliability.png", "binary": binary}
 
 
 def _plots(scored: dict[str, Scored], y: np.ndarray, report: dict, out: Path) -> dict[str, str]:

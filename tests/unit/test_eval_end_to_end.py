@@ -5,8 +5,10 @@ tokenizer knows, so that this random model separates the groups. The pipeline ne
 they were chosen, so a perfect score proves its bookkeeping (labels, rows, scores) is right.
 """
 
+import copy
 import itertools
 import json
+import random
 
 import numpy as np
 import pytest
@@ -18,10 +20,12 @@ from classifiers.labels import DEFAULT_TEMPLATES, custom_label_set
 from classifiers.model import ClipEncoder, load_clip
 from classifiers.preprocess import decode_image
 from classifiers.random_checkpoint import CORPUS
+from classifiers.registry import BUILTIN_CLASSIFIERS
+from classifiers.schemas import ClassifiersResponse
 from clients import cli
 from evaluation.backends import ServerBackend
 from evaluation.cache import ResultCache
-from evaluation.dataset import load_samples
+from evaluation.dataset import load_samples, relabel
 from evaluation.run import RunOptions, run_in_process
 from evaluation.variants import BASELINE, Variant, apply_variant
 
@@ -43,6 +47,19 @@ def dataset(tmp_path_factory):
             for size in ((40, 32), (64, 64)):
                 Image.new("RGB", size, colour).save(root / group / f"{i}-{size[0]}.png")
     (root / "cool" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_set(tmp_path_factory):
+    """60 reds and blues, varied (docs/eval-sample/make_colours.py, smaller): enough to calibrate."""
+    root = tmp_path_factory.mktemp("reds-and-blues")
+    rng = random.Random(0)
+    for label, base in {"red": (200, 40, 40), "blue": (40, 60, 200)}.items():
+        (root / label).mkdir()
+        for i in range(30):
+            colour = tuple(min(255, max(0, c + rng.randint(-50, 50))) for c in base)
+            Image.new("RGB", (rng.randint(24, 64), rng.randint(24, 64)), colour).save(root / label / f"{i}.png")
     return root
 
 
@@ -114,19 +131,57 @@ def test_new_wordings_reuse_cached_embeddings_and_the_best_variant_wins(
     assert "## Prompt variants" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_cli_calibrates_a_builtin_and_the_service_can_load_the_file(tiny_clip_dir, dataset, tmp_path):
+def test_cli_calibrates_a_builtin_and_the_service_can_load_the_file(tiny_clip_dir, colour_set, tmp_path):
     calibration = tmp_path / "calibration.json"
-    argv = ["evaluate", str(dataset), "-c", "nudity", "--map", "warm=explicit", "--map", "cool=none",
+    argv = ["evaluate", str(colour_set), "-c", "nudity", "--map", "red=explicit", "--map", "blue=none",
             "--model", tiny_clip_dir, "--dtype", "float32", "--cache", "none", "--quiet",
             "--out", str(tmp_path / "out"), "--calibrate", str(calibration), "--target-recall", "0.5"]
     assert cli.main(argv) == cli.EXIT_CLEAN
     entry = json.loads(calibration.read_text())["classifiers"]["nudity"]
-    # NLL is what the fit minimises; ECE on 12 images of a random model may go either way
-    assert entry["nll_after"] <= entry["nll_before"] and entry["samples"] == 12
+    assert (entry["samples"], entry["fit_samples"] + entry["holdout_samples"]) == (60, 60)
+    assert entry["holdout_samples"] == 18 and entry["measured_on"] == "held-out"
     assert temperatures(load_calibration(calibration, {"nudity"})) == {"nudity": entry["temperature"]}
     assert (tmp_path / "out" / "reliability.png").stat().st_size > 5000
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["calibration"]["temperature"] == entry["temperature"]
+    assert report["calibration"]["binary"]["for_target_recall"]["result"]["recall"] >= 0.5
+
+
+def test_calibration_refuses_too_few_images_and_writes_nothing(tiny_clip_dir, dataset, tmp_path, capsys):
+    calibration = tmp_path / "calibration.json"
+    argv = ["evaluate", str(dataset), "-c", "nudity", "--map", "warm=explicit", "--map", "cool=none",
+            "--model", tiny_clip_dir, "--dtype", "float32", "--cache", "none", "--quiet",
+            "--out", str(tmp_path / "out"), "--calibrate", str(calibration)]
+    assert cli.main(argv) == 2
+    assert "at least 50 scored images" in capsys.readouterr().err
+    assert not calibration.exists() and not (tmp_path / "out").exists()
+
+
+def test_calibration_undoes_a_known_distortion_and_gives_thresholds_for_calibrated_scores(
+        encoder, colour_set, tmp_path):
+    """Logits made 4x over-confident (logit scale x4): the fit must find 4x the temperature,
+    cut the held-out ECE and NLL, and give the same calibrated thresholds as without it."""
+    nudity = BUILTIN_CLASSIFIERS["nudity"]
+    samples = relabel(load_samples(colour_set), nudity.label_names, {"red": "explicit", "blue": "none"})
+
+    def run(factor: float, name: str) -> dict:
+        distorted = copy.copy(encoder)
+        distorted.logit_scale = encoder.logit_scale * factor
+        opts = RunOptions(dataset="colours", out_dir=tmp_path / name, calibrate=str(tmp_path / f"{name}.json"),
+                          cache=str(tmp_path / "cache.sqlite"), progress=False, target_recall=0.9)
+        return run_in_process(samples, nudity, distorted, opts)
+
+    plain, hot = run(1.0, "plain"), run(4.0, "hot")
+    c1, c4 = plain["calibration"], hot["calibration"]
+    assert c4["temperature"] == pytest.approx(4 * c1["temperature"], rel=1e-4)
+    assert c4["ece_before"] > c4["ece_after"] and c4["nll_before"] > c4["nll_after"]  # held-out images
+    assert c4["ece_after"] == pytest.approx(c1["ece_after"], abs=1e-6)
+    uncalibrated = hot["variants"][BASELINE]["binary"]["for_target_recall"]["result"]["threshold"]
+    calibrated = [c["binary"]["for_target_recall"]["result"]["threshold"] for c in (c1, c4)]
+    assert calibrated[0] == pytest.approx(calibrated[1], abs=1e-5)  # what the deployed service will score
+    assert abs(uncalibrated - calibrated[1]) > 0.01  # the T=1 threshold would be the wrong one
+    markdown = (tmp_path / "hot" / "report.md").read_text()
+    assert "### Thresholds for calibrated scores" in markdown and "the fit did not see" in markdown
 
 
 def test_cli_usage_errors_exit_2_with_a_message(dataset, tmp_path, capsys):
@@ -139,10 +194,14 @@ def test_cli_usage_errors_exit_2_with_a_message(dataset, tmp_path, capsys):
 
 
 class _FakeClient:
-    """Answers like ModerationClient.classify_many; counts what it is asked."""
+    """Answers like ModerationClient.classify_many and .classifiers; counts what it is asked."""
 
     def __init__(self):
         self.sent = 0
+        self.catalog = ClassifiersResponse(model="stand-in", classifiers=[])
+
+    def classifiers(self):
+        return self.catalog
 
     def classify_many(self, images, concurrency, ordered, **options):
         from types import SimpleNamespace
@@ -151,8 +210,8 @@ class _FakeClient:
             self.sent += 1
             cool = 0.9 if data.startswith(b"\x89PNG") and b"cool" in data else 0.2
             result = SimpleNamespace(scores={"a": 1 - cool, "b": cool}, unsafe_score=cool, threshold=0.5)
-            yield SimpleNamespace(index=index, error=None,
-                                  response=SimpleNamespace(results={"custom": result}))
+            yield SimpleNamespace(index=index, error=None, response=SimpleNamespace(
+                model=self.catalog.model, results={"custom": result}))
 
 
 def test_server_answers_are_cached_per_image(tmp_path):
@@ -171,6 +230,13 @@ def test_server_answers_are_cached_per_image(tmp_path):
         again = ServerBackend(client, "http://x", cache)
         again.score(samples, label_set, True)
         assert client.sent == 3 and again.requests == 0
+        client.catalog = ClassifiersResponse(model="another-model", classifiers=[])  # redeployed
+        redeployed = ServerBackend(client, "http://x", cache)
+        redeployed.score(samples, label_set, True)
+        assert client.sent == 6 and redeployed.requests == 3
+        client.classifiers = lambda: ClassifiersResponse(model="old-model", classifiers=[])  # mid-deploy
+        _, kept, errors = ServerBackend(client, "http://x", cache).score(samples, label_set, True)
+        assert kept == [] and "the service changed during the run" in errors[0]
 
 
 def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
@@ -178,11 +244,18 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    catalog = {"model": "stand-in", "classifiers": [
+        {"name": "nudity", "kind": "exclusive", "description": "d", "labels": ["explicit", "suggestive", "none"],
+         "unsafe_labels": ["explicit"], "threshold": 0.4, "prompts": {"explicit": ["x"]}}]}
+
     class Service(BaseHTTPRequestHandler):
-        def do_GET(self):  # /healthz
+        def do_GET(self):  # /healthz and /v1/classifiers
+            body = json.dumps(catalog).encode() if self.path == "/v1/classifiers" else b""
             self.send_response(200)
-            self.send_header("content-length", "0")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
@@ -221,6 +294,11 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
         again = json.loads((tmp_path / "o" / "report.json").read_text())
         assert again["cache"] == {"path": str(tmp_path / "c.sqlite"), "requests_sent": 0, "answers_from_cache": 13}
         assert again["variants"] == report["variants"]
+        assert again["model"] == "stand-in" and again["catalog_sha256"] == report["catalog_sha256"]
+        catalog["classifiers"][0]["threshold"] = 0.3  # the service's config changed: no stale answers
+        assert cli.main(argv) == cli.EXIT_CLEAN
+        changed = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert changed["cache"]["requests_sent"] == 13 and changed["catalog_sha256"] != report["catalog_sha256"]
     finally:
         server.shutdown()
         server.server_close()
