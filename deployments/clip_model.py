@@ -175,7 +175,7 @@ class ClipModel:
             batch_size=max(size for _, size in embedded),
         )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # reconfigure() sets both
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # reconfigure() sets both
     async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         """One forward pass for the whole batch, off the event loop; each item's embedding
         comes back with the size of the batch it rode in."""

@@ -1,0 +1,93 @@
+"""Where the CPU goes under load: CPU time per image of every process, from /proc (Linux).
+
+    python -m bench.cpu_budget --model DIR [--concurrency 32] [--requests 256] [--size 1024x768]
+
+Starts Ray and the service in this process (one model replica with all the CPUs, as
+``bench.run`` configures it), sends uploads from 127.0.0.1, and prints, per process, the CPU
+milliseconds spent per image during the measured requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from bench.load import run_load
+from bench.photos import jpeg
+from bench.run import free_port
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command line, user + system CPU seconds) for every process we can read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = cmdline.strip() or stat[stat.index("(") + 1 : stat.rindex(")")]
+        out[int(entry.name)] = (name[:70], (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def deploy(model: str, port: int, threads: int) -> None:
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    app = {
+        "name": "moderation", "route_prefix": "/", "import_path": "deployments.app:build_app",
+        "args": {"model": model, "torch_threads": threads},
+        "deployments": [{"name": "ClipModel", "num_replicas": 1,
+                         "ray_actor_options": {"num_cpus": threads}}],
+    }
+    config = {"http_options": {"host": "127.0.0.1", "port": port}, "applications": [app]}
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--size", default="1024x768")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    threads = os.cpu_count() or 2
+    port = free_port()
+    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deploy(args.model, port, threads)
+        width, height = (int(v) for v in args.size.split("x"))
+        url, images = f"http://127.0.0.1:{port}/v1/classify", [jpeg(width, height, seed=1)]
+        form = {"classifiers": "nudity"}
+        run_load(url, images, args.concurrency, 2 * args.concurrency, form=form)  # warm-up
+        before, start = cpu_seconds(), time.perf_counter()
+        result = run_load(url, images, args.concurrency, args.requests, form=form)
+        wall, after = time.perf_counter() - start, cpu_seconds()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    used = sorted(((after[pid][1] - before[pid][1], after[pid][0]) for pid in after if pid in before),
+                  reverse=True)
+    per_image = 1000 / args.requests
+    print(f"{result.images_per_s} img/s, {args.requests} requests at c={args.concurrency} in {wall:.1f} s")
+    for seconds, name in used:
+        if seconds * per_image >= 0.2:
+            print(f"{seconds * per_image:7.1f} ms/img  {name}")
+    print(f"{sum(s for s, _ in used) * per_image:7.1f} ms/img  in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
