@@ -66,6 +66,7 @@ class ClipModel:
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._forward_free = asyncio.Event()
         self._forward_free.set()
+        self.temperatures = _load_temperatures(settings)  # a bad file fails before the slow load
         # Every torch call (load, trace, warm-up, text heads, forwards) runs on the forward
         # thread: a traced model run from another thread than the one that built it took
         # 51-63 ms at batch 1 instead of 38-42 (measured on this 2-core box).
@@ -75,7 +76,6 @@ class ClipModel:
         self.heads = self._forward_pool.submit(self._builtin_heads).result()
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.metrics = ModelMetrics()
-        self.temperatures = _load_temperatures(settings)  # a bad file fails the replica at start
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
