@@ -44,10 +44,16 @@ function pickFile(file) {
   showPreview(URL.createObjectURL(file));
 }
 
+// Sent as "Authorization: Bearer <key>" when the service has API keys; kept only in the page.
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 async function loadClassifiers() {
   const box = $("classifiers");
   try {
-    const response = await fetch("/v1/classifiers");
+    const response = await fetch("/v1/classifiers", { headers: authHeaders() });
     const body = await readJson(response);
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     box.replaceChildren(...body.classifiers.map((c) => {
@@ -116,13 +122,14 @@ async function classify(event) {
   if (url) {
     const body = { url, classifiers };
     if (labels.length) body.labels = labels;
-    request = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    request = { method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() },
+                body: JSON.stringify(body) };
   } else {
     const form = new FormData();
     form.append("file", chosenFile);
     form.append("classifiers", JSON.stringify(classifiers));
     if (labels.length) form.append("labels", JSON.stringify(labels));
-    request = { method: "POST", body: form };
+    request = { method: "POST", headers: authHeaders(), body: form };
   }
   $("submit").setAttribute("aria-busy", "true");
   setStatus("Classifying…");
@@ -159,5 +166,6 @@ document.addEventListener("DOMContentLoaded", () => {
     if (isHttpUrl(url)) showPreview(url); else if (!chosenFile) clearPreview();
   });
   $("form").addEventListener("submit", classify);
+  $("api-key").addEventListener("change", loadClassifiers);  // a key may unlock the list
   loadClassifiers();
 });

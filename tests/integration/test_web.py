@@ -119,3 +119,32 @@ def test_keyboard_reaches_the_file_chooser_and_page_fits_a_phone(page, browser, 
     phone.wait_for_selector("input[name=classifier]")
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     phone.close()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, base_url, tiny_clip_dir, photo):
+    """Last in the module: redeploys the app with an API key configured."""
+    from deployments.auth import hash_key
+    from deployments.settings import ApiKey, AuthSettings
+
+    key = "mod_web-test-key"
+    auth = AuthSettings(api_keys=(ApiKey(name="web", sha256=hash_key(key)),))
+    serve.run(build_app(AppArgs(model=tiny_clip_dir, auth=auth)), name="moderation", route_prefix="/")
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        page.goto(base_url + "/")  # the page itself is open; the API is not
+        page.wait_for_selector("#classifiers .error")
+        assert "API key is required" in page.locator("#classifiers").inner_text()
+        page.fill("#api-key", "mod_wrong")
+        page.set_input_files("#file", str(photo))
+        page.fill("#labels", "a cat, a dog")
+        page.click("#submit")
+        page.wait_for_selector("#status.error")
+        assert "401 unauthorized" in page.locator("#status").inner_text()
+        page.fill("#api-key", key)
+        page.dispatch_event("#api-key", "change")  # a new key reloads the classifier list
+        page.wait_for_selector("input[name=classifier]")
+        page.click("#submit")
+        page.wait_for_selector("article.card")
+        assert "model" in page.locator("#status").inner_text()
+    finally:
+        page.close()
