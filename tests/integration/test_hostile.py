@@ -21,18 +21,12 @@ from deployments.fetcher import ImageFetcher
 from deployments.settings import AppArgs, FetchSettings
 from images import encode, jpeg, photo_like, png, png_bomb
 from integration.cluster import serve_on_loopback
-from integration.servers import PHOTO, hostile_servers
+from integration.servers import PHOTO
 
 pytestmark = pytest.mark.integration
 
 MAX_UPLOAD = 2_000_000
 FETCH_TIMEOUT_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def servers():
-    with hostile_servers() as (image_port, canary):
-        yield image_port, canary
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from deployments.auth import hash_key
 from deployments.settings import ApiKey, AppArgs, AuthSettings, FetchSettings
 from images import jpeg
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
-from integration.servers import free_port, hostile_servers
+from integration.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +49,6 @@ def slow_png() -> bytes:
     from PIL import Image
 
     return encode(Image.fromarray(pixels.astype("uint8")), "PNG")
-
-
-@pytest.fixture(scope="module")
-def servers():
-    with hostile_servers() as (image_port, canary):
-        yield image_port, canary
 
 
 @pytest.fixture(scope="module")
