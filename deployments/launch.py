@@ -16,6 +16,7 @@ from classifiers.calibration import load_calibration
 from classifiers.errors import ModelLoadError
 from classifiers.model import check_model_available
 from classifiers.registry import BUILTIN_CLASSIFIERS
+from deployments.serve_env import serve_env_defaults
 from deployments.settings import AppArgs
 
 
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"moderation-serve: model {model} is available", file=sys.stderr)
     if args.check_only:
         return 0
+    # Before Ray starts: the local cluster `serve run` starts takes its processes' environment
+    # from this one (a cluster reached through RAY_ADDRESS keeps its own).
+    for name, value in serve_env_defaults().items():
+        print(f"moderation-serve: {name}={value}", file=sys.stderr)
     from ray.serve.scripts import cli
 
     return cli.main(["run", args.config, *serve_args], prog_name="serve")

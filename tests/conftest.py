@@ -5,6 +5,13 @@ from __future__ import annotations
 import pytest
 
 from classifiers.random_checkpoint import build_random_clip
+from deployments.serve_env import serve_env_defaults
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Serve in the mode ``moderation-serve`` serves in (HAProxy, direct ingress): Ray reads it
+    from the environment of the processes it starts, so it is set before any test starts Ray."""
+    serve_env_defaults()
 
 
 @pytest.fixture(scope="session")

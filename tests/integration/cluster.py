@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import os
+
 import ray
 from ray import serve
 
@@ -19,6 +21,7 @@ def serve_on_loopback(metrics_port: int | None = None) -> Iterator[int]:
     With ``metrics_port``, Ray exports Prometheus metrics there, reported every second.
     """
     port = free_port()
+    private_haproxy_ports()
     extra = {}
     if metrics_port is not None:
         extra = {"_metrics_export_port": metrics_port,
@@ -49,3 +52,10 @@ def deploy_apps(port: int, *apps: dict, proxy_location: str | None = None) -> No
     if proxy_location:
         config["proxy_location"] = proxy_location
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+
+
+def private_haproxy_ports() -> None:
+    """Give HAProxy's stats and metrics listeners free ports (Ray's defaults, 8404 and 9101,
+    are fixed): an HAProxy an earlier module's Ray left behind cannot block this one's."""
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())

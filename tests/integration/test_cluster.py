@@ -21,7 +21,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from images import jpeg
-from integration.cluster import deploy_apps
+from integration.cluster import deploy_apps, private_haproxy_ports
 from integration.servers import free_port, serve_routes
 
 pytestmark = pytest.mark.integration
@@ -51,6 +51,7 @@ def image_port():
 
 @pytest.fixture(scope="module")
 def cluster(tiny_clip_dir, image_port):
+    private_haproxy_ports()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     gpu = nodes.add_node(num_cpus=4, num_gpus=2)  # room for two model replicas (2 CPUs + 1 GPU each)
     cpu = nodes.add_node(num_cpus=2, resources={"cpu_node": 100})

