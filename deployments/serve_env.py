@@ -8,18 +8,23 @@ Dockerfile and RayService in ``deploy/`` do).
 HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY=1``, Ray >= 2.55; ``ray[serve]`` ships the binary on
 Linux): HAProxy takes HTTP on the proxy port and hands each request to an Ingress replica's own
 HTTP server ("direct ingress"), instead of Serve's Python proxy relaying it to the replica over
-Ray calls. On the 2-core benchmark machine that relay was about 9 ms of CPU per image (proxy
-4.3 ms, ingress 6 ms against 2 ms), and c=32 throughput went from 73-78 % to 88-95 % of the
-model ceiling (README: Benchmarks).
+Ray calls. On the 2-core benchmark machine (A/B, two rounds each, 1024x768 uploads at c=32) the
+CPU spent outside the model replica fell from 15.6-17.4 to 9.0-9.3 ms per image, throughput
+from 74-78 % to 87 % of the model ceiling, and the c=1 p50 from 75-77 to 60-63 ms.
+Ray's wider ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` measured no better on top of it, and it makes
+handles fail outside an event loop, which breaks synchronous handle calls.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import MutableMapping
+from pathlib import Path
 
 HAPROXY_MODE = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_CONFIG = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"  # Ray writes <dir>/<node id>/haproxy.cfg
 
 
 def haproxy_available(environ: MutableMapping[str, str] = os.environ) -> bool:
@@ -45,3 +50,36 @@ def serve_env_defaults(environ: MutableMapping[str, str] = os.environ) -> dict[s
         applied[HAPROXY_MODE] = "1"
     environ.update(applied)
     return applied
+
+
+def haproxy_processes(marker: str) -> list[int]:
+    """Pids of the HAProxy processes whose command line mentions ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(os.fsdecode(argv[0])).name == "haproxy" and any(marker.encode() in a for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_leftover_haproxy(marker: str) -> list[int]:
+    """SIGTERM the HAProxy processes still running with a config under ``marker``.
+
+    Ray's HAProxy manager can spawn a reload while Serve shuts down, and that process outlives
+    the cluster holding its ports (the app's, 8404 and 9101), so the next start fails with
+    "Address already in use". Call this once the cluster is gone, with a directory only this
+    run used (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`` under it). Returns the pids signalled.
+    """
+    stopped = []
+    for pid in haproxy_processes(marker):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+        except OSError:  # already gone
+            pass
+    return stopped

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import os
+import tempfile
 
 import ray
 from ray import serve
 
+from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
 from deployments.settings import AppArgs
 from integration.servers import free_port
 
@@ -21,7 +23,7 @@ def serve_on_loopback(metrics_port: int | None = None) -> Iterator[int]:
     With ``metrics_port``, Ray exports Prometheus metrics there, reported every second.
     """
     port = free_port()
-    private_haproxy_ports()
+    haproxy_dir = private_haproxy()
     extra = {}
     if metrics_port is not None:
         extra = {"_metrics_export_port": metrics_port,
@@ -33,6 +35,7 @@ def serve_on_loopback(metrics_port: int | None = None) -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        stop_leftover_haproxy(haproxy_dir)
 
 
 def app_config(
@@ -54,8 +57,13 @@ def deploy_apps(port: int, *apps: dict, proxy_location: str | None = None) -> No
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
 
 
-def private_haproxy_ports() -> None:
-    """Give HAProxy's stats and metrics listeners free ports (Ray's defaults, 8404 and 9101,
-    are fixed): an HAProxy an earlier module's Ray left behind cannot block this one's."""
+def private_haproxy() -> str:
+    """HAProxy files in a directory of this cluster's own, and free ports for its stats and
+    metrics listeners (Ray's defaults, 8404 and 9101, are fixed), so an HAProxy that an earlier
+    module's cluster left behind cannot block this one. Returns the directory (set before
+    ``ray.init``: Ray's processes read it at start); ``stop_leftover_haproxy`` it afterwards."""
+    directory = tempfile.mkdtemp(prefix="haproxy-")
+    os.environ[HAPROXY_CONFIG] = os.path.join(directory, "haproxy.cfg")
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    return directory

