@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from bench.load import run_load
 from bench.photos import jpeg
 from bench.run import free_port
+from deployments.serve_env import HAPROXY_CONFIG, serve_env_defaults, stop_leftover_haproxy
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1024x768")
     args = parser.parse_args(argv)
 
+    serve_env_defaults()  # the mode moderation-serve serves in; before Ray starts
+    haproxy_dir = tempfile.mkdtemp(prefix="cpu-budget-haproxy-")
+    os.environ.setdefault(HAPROXY_CONFIG, os.path.join(haproxy_dir, "haproxy.cfg"))
     import ray
     from ray import serve
 
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+        stop_leftover_haproxy(haproxy_dir)
     used = sorted(((after[pid][1] - before[pid][1], after[pid][0]) for pid in after if pid in before),
                   reverse=True)
     per_image = 1000 / args.requests

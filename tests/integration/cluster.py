@@ -66,4 +66,7 @@ def private_haproxy() -> str:
     os.environ[HAPROXY_CONFIG] = os.path.join(directory, "haproxy.cfg")
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    # An ingress replica drains for 30 s before it stops (so HAProxy can stop sending to it
+    # during rolling updates); tests stop whole clusters, so every module would wait it out.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     return directory
