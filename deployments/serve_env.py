@@ -2,15 +2,15 @@
 
 Ray Serve takes these from the environment of the processes it starts (the controller, the
 proxies, the replicas), so they must be set before Ray starts: ``moderation-serve`` sets them for
-the local cluster it starts; on a cluster, set them where ``ray start`` runs on every node (the
-Dockerfile and RayService in ``deploy/`` do).
+the local cluster it starts; on a cluster, set them where ``ray start`` runs on every node
+(``deploy/Dockerfile`` does, for the RayService's pods).
 
 HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY=1``, Ray >= 2.55; ``ray[serve]`` ships the binary on
 Linux): HAProxy takes HTTP on the proxy port and hands each request to an Ingress replica's own
 HTTP server ("direct ingress"), instead of Serve's Python proxy relaying it to the replica over
 Ray calls. On the 2-core benchmark machine (A/B, two rounds each, 1024x768 uploads at c=32) the
 CPU spent outside the model replica fell from 15.6-17.4 to 9.0-9.3 ms per image, throughput
-from 74-78 % to 87 % of the model ceiling, and the c=1 p50 from 75-77 to 60-63 ms.
+from 22.2/23.2 to 27.4/27.0 img/s, and the c=1 p50 from 75-77 to 60-63 ms.
 Ray's wider ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` measured no better on top of it, and it makes
 handles fail outside an event loop, which breaks synchronous handle calls.
 """
@@ -70,10 +70,11 @@ def haproxy_processes(marker: str) -> list[int]:
 def stop_leftover_haproxy(marker: str) -> list[int]:
     """SIGTERM the HAProxy processes still running with a config under ``marker``.
 
-    Ray's HAProxy manager can spawn a reload while Serve shuts down, and that process outlives
-    the cluster holding its ports (the app's, 8404 and 9101), so the next start fails with
-    "Address already in use". Call this once the cluster is gone, with a directory only this
-    run used (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`` under it). Returns the pids signalled.
+    Ray can leave an HAProxy process running after its cluster is gone: seen here once for a
+    reload spawned during shutdown, and whenever Ray's processes were killed rather than shut
+    down. It holds its ports (the app's, 8404 and 9101), so the next start fails with "Address
+    already in use". Call this once the cluster is gone, with a directory only this run used
+    (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC`` under it). Returns the pids signalled.
     """
     stopped = []
     for pid in haproxy_processes(marker):

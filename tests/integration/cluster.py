@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 from ray import serve
