@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from bench.load import run_load
 from bench.photos import jpeg
 from bench.run import free_port
-from deployments.serve_env import HAPROXY_CONFIG, serve_env_defaults, stop_leftover_haproxy
+from deployments.serve_env import own_haproxy_files, serve_env_defaults
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -62,28 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     serve_env_defaults()  # the mode moderation-serve serves in; before Ray starts
-    haproxy_dir = tempfile.mkdtemp(prefix="cpu-budget-haproxy-")
-    os.environ.setdefault(HAPROXY_CONFIG, os.path.join(haproxy_dir, "haproxy.cfg"))
     import ray
     from ray import serve
 
     threads = os.cpu_count() or 2
     port = free_port()
-    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(args.model, port, threads)
-        width, height = (int(v) for v in args.size.split("x"))
-        url, images = f"http://127.0.0.1:{port}/v1/classify", [jpeg(width, height, seed=1)]
-        form = {"classifiers": "nudity"}
-        run_load(url, images, args.concurrency, 2 * args.concurrency, form=form)  # warm-up
-        before, start = cpu_seconds(), time.perf_counter()
-        result = run_load(url, images, args.concurrency, args.requests, form=form)
-        wall, after = time.perf_counter() - start, cpu_seconds()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        stop_leftover_haproxy(haproxy_dir)
+    with own_haproxy_files():  # set before Ray starts; ends with Ray shut down
+        ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            deploy(args.model, port, threads)
+            width, height = (int(v) for v in args.size.split("x"))
+            url, images = f"http://127.0.0.1:{port}/v1/classify", [jpeg(width, height, seed=1)]
+            form = {"classifiers": "nudity"}
+            run_load(url, images, args.concurrency, 2 * args.concurrency, form=form)  # warm-up
+            before, start = cpu_seconds(), time.perf_counter()
+            result = run_load(url, images, args.concurrency, args.requests, form=form)
+            wall, after = time.perf_counter() - start, cpu_seconds()
+        finally:
+            serve.shutdown()
     used = sorted(((after[pid][1] - before[pid][1], after[pid][0]) for pid in after if pid in before),
                   reverse=True)
     per_image = 1000 / args.requests

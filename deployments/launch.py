@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import yaml
 
@@ -18,9 +16,7 @@ from classifiers.calibration import load_calibration
 from classifiers.errors import ModelLoadError
 from classifiers.model import check_model_available
 from classifiers.registry import BUILTIN_CLASSIFIERS
-from deployments.serve_env import (
-    HAPROXY_CONFIG, HAPROXY_MODE, serve_env_defaults, stop_leftover_haproxy,
-)
+from deployments.serve_env import own_haproxy_files, serve_env_defaults
 from deployments.settings import AppArgs
 
 
@@ -61,23 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     # from this one (a cluster reached through RAY_ADDRESS keeps its own).
     for name, value in serve_env_defaults().items():
         print(f"moderation-serve: {name}={value}", file=sys.stderr)
-    run_dir = None
-    if os.environ.get(HAPROXY_MODE) == "1" and HAPROXY_CONFIG not in os.environ:
-        run_dir = tempfile.mkdtemp(prefix="moderation-serve-haproxy-")  # this run's, to clean up
-        os.environ[HAPROXY_CONFIG] = os.path.join(run_dir, "haproxy.cfg")
     from ray.serve.scripts import cli
 
-    try:
+    with own_haproxy_files():
         return cli.main(["run", args.config, *serve_args], prog_name="serve")
-    finally:
-        if run_dir:
-            import ray
-
-            ray.shutdown()  # no HAProxy manager left to spawn another reload
-            leftover = stop_leftover_haproxy(run_dir)
-            if leftover:
-                print(f"moderation-serve: stopped HAProxy left running by Ray: {leftover}", file=sys.stderr)
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _print_new_key(name: str) -> int:

@@ -17,11 +17,16 @@ handles fail outside an event loop, which breaks synchronous handle calls.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
-from collections.abc import MutableMapping
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 HAPROXY_MODE = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_CONFIG = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"  # Ray writes <dir>/<node id>/haproxy.cfg
@@ -84,3 +89,29 @@ def stop_leftover_haproxy(marker: str) -> list[int]:
         except OSError:  # already gone
             pass
     return stopped
+
+
+@contextmanager
+def own_haproxy_files(environ: MutableMapping[str, str] = os.environ) -> Iterator[str | None]:
+    """For a Ray cluster started inside the block: HAProxy's files in a directory of its own,
+    and, once the block ends, Ray shut down and any HAProxy still using them stopped.
+
+    Yields the directory, or None where HAProxy mode is off or the operator chose the config
+    location (then nothing is cleaned up).
+    """
+    if environ.get(HAPROXY_MODE) != "1" or HAPROXY_CONFIG in environ:
+        yield None
+        return
+    run_dir = tempfile.mkdtemp(prefix="serve-haproxy-")
+    environ[HAPROXY_CONFIG] = os.path.join(run_dir, "haproxy.cfg")
+    try:
+        yield run_dir
+    finally:
+        import ray
+
+        ray.shutdown()  # no HAProxy manager left to start another one
+        leftover = stop_leftover_haproxy(run_dir)
+        if leftover:
+            logger.warning("stopped HAProxy processes Ray left running: %s", leftover)
+        del environ[HAPROXY_CONFIG]
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
 from ray import serve
 
-from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
+from deployments.serve_env import own_haproxy_files
 from deployments.settings import AppArgs
 from integration.servers import free_port
 
@@ -22,19 +21,17 @@ def serve_on_loopback(metrics_port: int | None = None) -> Iterator[int]:
     With ``metrics_port``, Ray exports Prometheus metrics there, reported every second.
     """
     port = free_port()
-    haproxy_dir = private_haproxy()
     extra = {}
     if metrics_port is not None:
         extra = {"_metrics_export_port": metrics_port,
                  "_system_config": {"metrics_report_interval_ms": 1000}}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **extra)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        stop_leftover_haproxy(haproxy_dir)
+    with private_haproxy():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **extra)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            yield port
+        finally:
+            serve.shutdown()
 
 
 def app_config(
@@ -56,16 +53,16 @@ def deploy_apps(port: int, *apps: dict, proxy_location: str | None = None) -> No
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
 
 
-def private_haproxy() -> str:
-    """HAProxy files in a directory of this cluster's own, and free ports for its stats and
-    metrics listeners (Ray's defaults, 8404 and 9101, are fixed), so an HAProxy that an earlier
-    module's cluster left behind cannot block this one. Returns the directory (set before
-    ``ray.init``: Ray's processes read it at start); ``stop_leftover_haproxy`` it afterwards."""
-    directory = tempfile.mkdtemp(prefix="haproxy-")
-    os.environ[HAPROXY_CONFIG] = os.path.join(directory, "haproxy.cfg")
+@contextmanager
+def private_haproxy() -> Iterator[None]:
+    """For a cluster started inside: HAProxy files of its own, stopped with the cluster
+    (``own_haproxy_files``), and free ports for HAProxy's stats and metrics listeners (Ray's
+    defaults, 8404 and 9101, are fixed), so an HAProxy that an earlier module's cluster left
+    behind cannot block this one. Ray's processes read these when Ray starts."""
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     # An ingress replica drains for 30 s before it stops (so HAProxy can stop sending to it
     # during rolling updates); tests stop whole clusters, so every module would wait it out.
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
-    return directory
+    with own_haproxy_files():
+        yield

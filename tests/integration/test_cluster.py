@@ -21,7 +21,6 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from images import jpeg
-from deployments.serve_env import stop_leftover_haproxy
 from integration.cluster import deploy_apps, private_haproxy
 from integration.servers import free_port, serve_routes
 
@@ -52,25 +51,24 @@ def image_port():
 
 @pytest.fixture(scope="module")
 def cluster(tiny_clip_dir, image_port):
-    haproxy_dir = private_haproxy()
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    gpu = nodes.add_node(num_cpus=4, num_gpus=2)  # room for two model replicas (2 CPUs + 1 GPU each)
-    cpu = nodes.add_node(num_cpus=2, resources={"cpu_node": 100})
-    nodes.wait_for_nodes()
-    ray.init(address=nodes.address, log_to_driver=False)
-    port = free_port()
-    try:
-        # One proxy on the head: every simulated node shares 127.0.0.1, so EveryNode would
-        # have them all bind the same port.
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-        deploy_apps(port, cluster_config(tiny_clip_dir, image_port), proxy_location="HeadOnly")
-        yield {"url": f"http://127.0.0.1:{port}", "gpu": gpu.node_id, "cpu": cpu.node_id,
-               "head": nodes.head_node.node_id}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        nodes.shutdown()
-        stop_leftover_haproxy(haproxy_dir)
+    with private_haproxy():
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        gpu = nodes.add_node(num_cpus=4, num_gpus=2)  # room for two model replicas (2 CPUs + 1 GPU each)
+        cpu = nodes.add_node(num_cpus=2, resources={"cpu_node": 100})
+        nodes.wait_for_nodes()
+        ray.init(address=nodes.address, log_to_driver=False)
+        port = free_port()
+        try:
+            # One proxy on the head: every simulated node shares 127.0.0.1, so EveryNode would
+            # have them all bind the same port.
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+            deploy_apps(port, cluster_config(tiny_clip_dir, image_port), proxy_location="HeadOnly")
+            yield {"url": f"http://127.0.0.1:{port}", "gpu": gpu.node_id, "cpu": cpu.node_id,
+                   "head": nodes.head_node.node_id}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            nodes.shutdown()
 
 
 def replica_nodes(deployment: str) -> list[str]:

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from deployments.serve_env import (
-    HAPROXY_MODE, haproxy_available, haproxy_processes, serve_env_defaults, stop_leftover_haproxy,
+    HAPROXY_CONFIG, HAPROXY_MODE, haproxy_available, haproxy_processes, own_haproxy_files,
+    serve_env_defaults, stop_leftover_haproxy,
 )
 
 
@@ -45,14 +46,35 @@ def test_ray_serve_ships_a_binary_on_linux():
 def test_leftover_haproxy_under_a_marker_is_stopped(tmp_path):
     import shutil
     import subprocess
+    import time
 
     fake = tmp_path / "run-1" / "haproxy"  # a process named haproxy, its path under the marker
     fake.parent.mkdir()
     shutil.copy("/bin/sleep", fake)
     other = subprocess.Popen([str(fake), "30"])
+    cmdline = Path(f"/proc/{other.pid}/cmdline")
+    for _ in range(500):  # the kernel fills it in just after the spawn returns
+        if cmdline.read_bytes():
+            break
+        time.sleep(0.01)
     try:
         assert haproxy_processes(str(tmp_path / "run-2")) == []
         assert stop_leftover_haproxy(str(tmp_path / "run-1")) == [other.pid]
         assert other.wait(timeout=5) == -15  # SIGTERM
     finally:
         other.kill()
+
+
+def test_own_haproxy_files_are_a_fresh_directory_removed_afterwards():
+    environ = {HAPROXY_MODE: "1"}
+    with own_haproxy_files(environ) as run_dir:
+        assert environ[HAPROXY_CONFIG] == os.path.join(run_dir, "haproxy.cfg")
+        assert os.path.isdir(run_dir)
+    assert HAPROXY_CONFIG not in environ and not os.path.exists(run_dir)
+
+
+def test_the_operators_haproxy_files_are_left_alone():
+    environ = {HAPROXY_MODE: "1", HAPROXY_CONFIG: "/etc/haproxy-serve/haproxy.cfg"}
+    with own_haproxy_files(environ) as run_dir:
+        assert run_dir is None
+    assert environ[HAPROXY_CONFIG] == "/etc/haproxy-serve/haproxy.cfg"
