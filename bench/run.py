@@ -59,29 +59,47 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int) -> dict:
-    """The image tower alone, on preprocessed pixels, at the service's batch size and dtype."""
+def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int, lanes: int) -> dict:
+    """The image tower alone, on preprocessed pixels, in the forward lanes the service uses.
+
+    Measures each way the service runs batches (one forward on all threads; every lane at
+    once, at the full and at the split batch size) and takes the fastest as the ceiling;
+    the batch-1 latency is what a lone image gets (all threads).
+    """
+    from functools import partial
+
     import numpy as np
-    import torch
 
     from classifiers.model import load_clip
     from classifiers.preprocess import decode_image
+    from deployments.forward import ForwardLanes
 
-    torch.set_num_threads(threads)
-    encoder = load_clip(model, device, dtype)
+    forward = ForwardLanes(partial(load_clip, model, device, dtype), threads, lanes)
+    encoder = forward.encoder
     pixels = np.stack([decode_image(jpeg(1024, 768, seed=i), encoder.image_spec) for i in range(batch)])
 
-    def timed(x: np.ndarray, repeats: int) -> float:
-        encoder.encode_images(x)  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            encoder.encode_images(x)
-        return (time.perf_counter() - start) / repeats
+    def per_s(lanes_: list, size: int, repeats: int) -> float:
+        """Images/s with each of ``lanes_`` running ``repeats`` batches of ``size`` at once."""
+        def loop(lane, count: int) -> None:
+            for _ in range(count):
+                encoder.encode_images(pixels[:size], lane.tower)
 
-    per_batch = timed(pixels, 5)
-    per_one = timed(pixels[:1], 20)
+        for lane in lanes_:  # warm-up
+            lane.submit(loop, lane, 1).result()
+        start = time.perf_counter()
+        for future in [lane.submit(loop, lane, repeats) for lane in lanes_]:
+            future.result()
+        return len(lanes_) * size * repeats / (time.perf_counter() - start)
+
+    layouts = {f"1 x {threads} threads, batch {batch}": per_s([forward.whole], batch, 5)}
+    if len(forward.lanes) > 1:
+        for size in sorted({batch, max(1, batch // len(forward.lanes))}):
+            layouts[f"{forward.layout} at once, batch {size} each"] = per_s(forward.lanes, size, 3)
+    one = 1000 / per_s([forward.whole], 1, 20)
+    forward.shutdown()
     return {"batch": batch, "dtype": str(encoder.dtype).replace("torch.", ""), "threads": threads,
-            "images_per_s": round(batch / per_batch, 2), "batch1_latency_ms": round(per_one * 1000, 1)}
+            "lanes": forward.layout, "images_per_s": round(max(layouts.values()), 2),
+            "layouts": {k: round(v, 2) for k, v in layouts.items()}, "batch1_latency_ms": round(one, 1)}
 
 
 def mean_ceiling(first: dict, last: dict) -> dict:
@@ -91,16 +109,17 @@ def mean_ceiling(first: dict, last: dict) -> dict:
     for key in ("images_per_s", "batch1_latency_ms"):
         out[key] = round((first[key] + last[key]) / 2, 2)
         out[f"{key}_runs"] = [first[key], last[key]]
+    out["layouts"] = {k: round((v + last["layouts"][k]) / 2, 2) for k, v in first["layouts"].items()}
     return out
 
 
 def service_config(model: str, device: str, dtype: str, port: int, batch: int, threads: int,
-                   path: Path) -> None:
+                   lanes: int, path: Path) -> None:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch,
-                       torch_threads=threads)
+                       torch_threads=threads, forward_lanes=lanes)
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
@@ -125,12 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--lanes", type=int, help="forward lanes (default: the service's default)")
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
 
+    from classifiers.model import resolve_device
+    from deployments.forward import default_lanes
+
+    args.lanes = args.lanes or default_lanes(resolve_device(args.device), args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     model = args.model
     if not model:
@@ -143,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": vars(args) | {"model": model}}
 
     print("model ceiling ...", file=sys.stderr)
-    first = model_ceiling(model, args.device, args.dtype, args.batch, args.threads)
+    first = model_ceiling(model, args.device, args.dtype, args.batch, args.threads, args.lanes)
     print(f"  {first}", file=sys.stderr)
 
     if not args.skip_naive:
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print("service ...", file=sys.stderr)
     port = free_port()
     config = work / "serve_config.yaml"
-    service_config(model, args.device, args.dtype, port, args.batch, args.threads, config)
+    service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
     log = open(work / "service.log", "wb")  # kept for diagnosis; its path is in the report
     service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT, env=env,
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         stop(service)  # its own process group: the local Ray cluster `serve run` started
 
     print("model ceiling again ...", file=sys.stderr)
-    last = model_ceiling(model, args.device, args.dtype, args.batch, args.threads)
+    last = model_ceiling(model, args.device, args.dtype, args.batch, args.threads, args.lanes)
     print(f"  {last}", file=sys.stderr)
     report["ceiling"] = mean_ceiling(first, last)
     report["summary"] = summarise(report)
@@ -228,7 +252,8 @@ def table(report: dict) -> str:
     c = report["ceiling"]
     lines = [
         f"model ceiling: {c['images_per_s']} img/s (batch {c['batch']}, {c['dtype']}, "
-        f"{c['threads']} threads); batch-1 latency {c['batch1_latency_ms']} ms",
+        f"{c['threads']} threads in lanes of {c['lanes']}); batch-1 latency {c['batch1_latency_ms']} ms",
+        "  layouts: " + "; ".join(f"{k}: {v}" for k, v in c["layouts"].items()),
         f"  (means of the runs before and after the load: {c['images_per_s_runs']} img/s, "
         f"{c['batch1_latency_ms_runs']} ms)",
         "",

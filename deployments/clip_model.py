@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 from ray import serve
@@ -20,6 +21,7 @@ from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
+from deployments.forward import MAX_LANES, ForwardLanes, default_lanes
 from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
 
@@ -56,30 +58,27 @@ class ClipModel:
     """One CLIP checkpoint per replica; text heads built once at start-up."""
 
     def __init__(self, settings: ModelSettings, runtime: RuntimeConfig | None = None) -> None:
-        import torch
+        from classifiers.model import resolve_device
 
         self.settings = settings
-        torch.set_num_threads(_torch_threads(settings.torch_threads))
-        # The forward pass gets a thread of its own so it never queues behind image decodes;
-        # decodes get a small pool of their own so they cannot flood the CPU.
-        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self._forward_free = asyncio.Event()
-        self._forward_free.set()
         self.temperatures = _load_temperatures(settings)  # a bad file fails before the slow load
-        # Every torch call (load, trace, warm-up, text heads, forwards) runs on the forward
-        # thread: a traced model run from another thread than the one that built it took
-        # 51-63 ms at batch 1 instead of 38-42 (measured on this 2-core box).
-        self.encoder = self._forward_pool.submit(
-            load_clip, settings.model, settings.device, settings.dtype
-        ).result()
-        self.heads = self._forward_pool.submit(self._builtin_heads).result()
+        # Forward passes run on lanes of their own so they never queue behind image decodes;
+        # decodes get a small pool of their own so they cannot flood the CPU. Every torch call
+        # (load, trace, text heads, forwards) runs on a lane's thread.
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        threads = _torch_threads(settings.torch_threads)
+        lanes = settings.forward_lanes or default_lanes(resolve_device(settings.device), threads)
+        self.forward = ForwardLanes(
+            partial(load_clip, settings.model, settings.device, settings.dtype), threads, lanes
+        )
+        self.encoder = self.forward.encoder
+        self.heads = self.forward.run_sync(self._builtin_heads)
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
-        logger.info("ClipModel ready: %s, %s, %d torch threads", settings.model, self.encoder.dtype,
-                    torch.get_num_threads())
+        logger.info("ClipModel ready: %s, %s, forward lanes of %s", settings.model,
+                    self.encoder.dtype, self.forward.layout)
 
     def _builtin_heads(self) -> dict[str, Head]:
         return {
@@ -175,41 +174,34 @@ class ClipModel:
             batch_size=max(size for _, size in embedded),
         )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # reconfigure() sets both
+    # reconfigure() sets the size and the wait; a batch per forward lane runs at once.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_LANES)
     async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        """One forward pass for the whole batch, off the event loop; each item's embedding
-        comes back with the size of the batch it rode in."""
-        self._forward_free.clear()
+        """The batch's forward pass on the idle lanes, off the event loop; each item's
+        embedding comes back with the size of the batch it rode in."""
         start = time.perf_counter()
-        try:
-            embeddings = await asyncio.get_running_loop().run_in_executor(
-                self._forward_pool, self.encoder.encode_images, np.stack(pixels)
-            )
-        finally:
-            self._forward_free.set()
+        embeddings = await self.forward.encode(np.stack(pixels))
         self.metrics.model_ms.observe((time.perf_counter() - start) * 1000)
         self.metrics.batch_size.observe(len(pixels))
         return [(embedding, len(pixels)) for embedding in embeddings]
 
     async def _embed_when_free(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
-        """Join the next batch once the forward pass is free.
+        """Join the next batch once a forward lane is free.
 
         ``@serve.batch`` forms a batch as soon as its wait runs out, even while the previous
         batch still runs, so under load it queued many batches of 1-3 images (measured:
-        15 img/s, against 23.5 with this gate). Holding arrivals here until the forward pass is free lets
-        them enter ``embed`` together and fill one batch.
+        15 img/s, against 23.5 with this gate). Holding arrivals here until a lane is free
+        lets them enter ``embed`` together and fill one batch.
         """
-        await self._forward_free.wait()
+        await self.forward.wait_ready()
         return await self.embed(frame)
 
     async def _custom_head(self, label_set: LabelSet) -> Head:
         key = label_set.label_names
         matrix = self.custom_heads.get(key)
         if matrix is None:
-            # On the forward thread: text and image passes never compete for the same cores.
-            head = await asyncio.get_running_loop().run_in_executor(
-                self._forward_pool, build_head, label_set, self.encoder.encode_text
-            )
+            # On a forward lane: text and image passes never compete for the same cores.
+            head = await self.forward.call(build_head, label_set, self.encoder.encode_text)
             self.custom_heads.put(key, head.matrix)
             return head
         return Head(label_set, matrix)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from classifiers.model import DEFAULT_MODEL
 from classifiers.registry import BUILTIN_CLASSIFIERS
+from deployments.forward import MAX_LANES
 
 
 ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device"}
@@ -71,6 +72,11 @@ class ModelSettings(_Strict):
     dtype: str = Field("auto", pattern=r"^(auto|float32|float16|bfloat16)$")
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads; default: the CPUs Ray assigned the replica."
+    )
+    forward_lanes: int | None = Field(
+        None, ge=1, le=MAX_LANES, description="Forward passes run at once per replica, each with its "
+        "share of the torch threads and its own traced image tower; a lone image still gets all "
+        "threads. Default: 2 on CPU with 2+ threads (more images/s on a busy machine), 1 on GPU.",
     )
     max_image_pixels: int = Field(50_000_000, gt=0)
     jpeg_draft: bool = Field(True, description="Decode large JPEGs at reduced scale (faster).")
