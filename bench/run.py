@@ -26,6 +26,7 @@ import yaml
 
 from bench.load import run_load
 from bench.photos import jpeg
+from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1024x768": (1024, 768), "4000x3000": (4000, 3000)}
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     config = work / "serve_config.yaml"
     service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
+    (work / "haproxy").mkdir()
+    env.setdefault(HAPROXY_CONFIG, str(work / "haproxy" / "haproxy.cfg"))
     log = open(work / "service.log", "wb")  # kept for diagnosis; its path is in the report
     service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT, env=env,
                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -201,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                                       args.concurrency, args.requests, {"classifiers": "nudity"})
     finally:
         stop(service)  # its own process group: the local Ray cluster `serve run` started
+        # Seen once: an HAProxy outlived the service and held its ports, so the next run
+        # could not start. Only processes with this run's config are stopped.
+        leftover = stop_leftover_haproxy(str(work / "haproxy"))
+        if leftover:
+            print(f"  stopped HAProxy processes the service left running: {leftover}", file=sys.stderr)
 
     print("model ceiling again ...", file=sys.stderr)
     last = model_ceiling(model, args.device, args.dtype, args.batch, args.threads, args.lanes)
