@@ -48,6 +48,9 @@ class Lane:
 def _set_torch_threads(threads: int) -> None:
     import torch
 
+    # A thread's first torch call copies torch's global count into the thread's own setting:
+    # make that happen now, or it would later overwrite ours with whatever was set last.
+    torch.get_num_threads()
     torch.set_num_threads(threads)
 
 
