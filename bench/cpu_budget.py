@@ -19,22 +19,41 @@ from bench.photos import jpeg
 from bench.run import free_port
 from deployments.serve_env import own_haproxy_files, serve_env_defaults
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(path: Path) -> tuple[str, float]:
+    """(comm, user + system CPU seconds) from a /proc stat file."""
+    stat = path.read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / TICK
+
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
     """pid -> (command line, user + system CPU seconds) for every process we can read."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            comm, seconds = _stat(entry / "stat")
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        name = cmdline.strip() or stat[stat.index("(") + 1 : stat.rindex(")")]
-        out[int(entry.name)] = (name[:70], (int(fields[11]) + int(fields[12])) / tick)
+        out[int(entry.name)] = ((cmdline.strip() or comm)[:70], seconds)
+    return out
+
+
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of one process's threads, summed by thread name (the model replica names
+    its forward and decode threads; Ray's and torch's own keep the process name)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm, seconds = _stat(task / "stat")
+        except OSError:  # the thread ended
+            continue
+        out[comm] = out.get(comm, 0.0) + seconds
     return out
 
 
@@ -76,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             form = {"classifiers": "nudity"}
             run_load(url, images, args.concurrency, 2 * args.concurrency, form=form)  # warm-up
             before, start = cpu_seconds(), time.perf_counter()
+            replica = next(pid for pid, (name, _) in before.items() if "ClipModel" in name)
+            threads_before = thread_seconds(replica)
             result = run_load(url, images, args.concurrency, args.requests, form=form)
             wall, after = time.perf_counter() - start, cpu_seconds()
+            threads_after = thread_seconds(replica)
         finally:
             serve.shutdown()
     used = sorted(((after[pid][1] - before[pid][1], after[pid][0]) for pid in after if pid in before),
@@ -87,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     for seconds, name in used:
         if seconds * per_image >= 0.2:
             print(f"{seconds * per_image:7.1f} ms/img  {name}")
+            if "ClipModel" in name:
+                spent_by = {t: s - threads_before.get(t, 0.0) for t, s in threads_after.items()}
+                for thread, spent in sorted(spent_by.items(), key=lambda kv: -kv[1]):
+                    if spent * per_image >= 0.2:
+                        print(f"{'':9}{spent * per_image:7.1f} ms/img  thread {thread}")
     print(f"{sum(s for s, _ in used) * per_image:7.1f} ms/img  in all")
     return 0
 

@@ -21,7 +21,7 @@ from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
-from deployments.forward import MAX_LANES, ForwardLanes, default_lanes
+from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, name_os_thread
 from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
 
@@ -65,7 +65,8 @@ class ClipModel:
         # Forward passes run on lanes of their own so they never queue behind image decodes;
         # decodes get a small pool of their own so they cannot flood the CPU. Every torch call
         # (load, trace, text heads, forwards) runs on a lane's thread.
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode",
+                                               initializer=name_os_thread, initargs=("decode",))
         threads = _torch_threads(settings.torch_threads)
         lanes = settings.forward_lanes or default_lanes(resolve_device(settings.device), threads)
         self.forward = ForwardLanes(
