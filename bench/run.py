@@ -50,14 +50,19 @@ def wait_until_up(url: str, timeout_s: float = 600) -> None:
     raise TimeoutError(f"{url} did not come up in {timeout_s} s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(90)  # an ingress replica drains for up to 35 s in HAProxy mode
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def stop(process: subprocess.Popen) -> str:
+    """Ctrl-C for the process group, SIGKILL after 90 s; says how it went."""
+    if process.poll() is not None:
+        return f"had already exited ({process.returncode})"
+    start = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(90)  # an ingress replica drains for up to 35 s in HAProxy mode
+        return f"stopped in {time.monotonic() - start:.0f} s ({process.returncode})"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return "killed: still running 90 s after SIGINT"
 
 
 def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int, lanes: int) -> dict:
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     config = work / "serve_config.yaml"
     service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
+    env["PYTHONUNBUFFERED"] = "1"  # the log keeps what the launcher printed even if it is killed
     (work / "haproxy").mkdir()
     env.setdefault(HAPROXY_CONFIG, str(work / "haproxy" / "haproxy.cfg"))
     log = open(work / "service.log", "wb")  # kept for diagnosis; its path is in the report
@@ -203,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         report["service"] = load_grid(f"http://127.0.0.1:{port}/v1/classify", images,
                                       args.concurrency, args.requests, {"classifiers": "nudity"})
     finally:
-        stop(service)  # its own process group: the local Ray cluster `serve run` started
+        # Its own process group: the local Ray cluster `serve run` started.
+        print(f"  service {stop(service)}", file=sys.stderr)
         # Seen once: an HAProxy outlived the service and held its ports, so the next run
         # could not start. Only processes with this run's config are stopped.
         leftover = stop_leftover_haproxy(str(work / "haproxy"))
