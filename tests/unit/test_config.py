@@ -87,6 +87,10 @@ def test_app_args_reject_unknown_keys_and_thresholds():
         AppArgs.model_validate({"modle": "typo"})
     with pytest.raises(ValueError, match="unknown classifiers"):
         AppArgs.model_validate({"thresholds": {"violence": 0.5}})
+    for lanes in (0, 3):  # serve.batch in ClipModel runs at most 2 batches at once
+        with pytest.raises(ValueError, match="forward_lanes"):
+            AppArgs.model_validate({"forward_lanes": lanes})
+    assert AppArgs.model_validate({"forward_lanes": 2}).model_settings().forward_lanes == 2
 
 
 def test_each_deployment_gets_only_its_slice():
