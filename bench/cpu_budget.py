@@ -45,8 +45,9 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
 
 
 def thread_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of one process's threads, summed by thread name (the model replica names
-    its forward and decode threads; Ray's and torch's own keep the process name)."""
+    """CPU seconds of one process's threads, summed by thread name. The model replica names
+    its forward and decode threads; threads they start (torch's OpenMP workers) inherit the
+    name, Ray's threads keep the process's."""
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:

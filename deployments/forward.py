@@ -4,6 +4,7 @@ intra-op thread count and its own traced image tower, shared out from the event 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -13,6 +14,8 @@ import numpy as np
 from classifiers.model import ClipEncoder
 
 MAX_LANES = 2  # ClipModel.embed's serve.batch runs up to this many batches at once
+
+logger = logging.getLogger("ray.serve")
 
 
 def default_lanes(device: str, threads: int) -> int:
@@ -86,6 +89,10 @@ class ForwardLanes:
     def __init__(self, load: Callable[[], ClipEncoder], threads: int, lanes: int) -> None:
         if not 1 <= lanes <= MAX_LANES:
             raise ValueError(f"lanes must be 1..{MAX_LANES}, got {lanes}")
+        if lanes > threads:  # one thread is the least a lane can have
+            logger.warning("%d forward lanes asked for, but only %d torch threads: running %d",
+                           lanes, threads, threads)
+            lanes = threads
         self.whole = Lane("forward", threads)
         self.encoder: ClipEncoder = self.whole.submit(load).result()
         if lanes == 1:
@@ -120,24 +127,35 @@ class ForwardLanes:
         return await self._start(lane, [lane], fn, *args)
 
     async def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """Image embeddings for uint8 ``pixels`` ``(n, size, size, 3)``, split over idle lanes."""
+        """Image embeddings for uint8 ``pixels`` ``(n, size, size, 3)``, split over idle lanes.
+
+        Waits for an idle lane first; after ``wait_ready()`` returns, with no await in between,
+        it does not wait. Idle lanes go to whichever caller runs first, not in arrival order.
+        """
         await self.wait_ready()
         if len(self.lanes) > 1 and len(self._idle) == len(self.lanes) and len(pixels) < len(self.lanes):
             taken, self._idle = self._idle, []
             return await self._start(self.whole, taken, self.encoder.encode_images, pixels)
         parts = np.array_split(pixels, min(len(self._idle), len(pixels)))
         taken, self._idle = self._idle[: len(parts)], self._idle[len(parts) :]
-        results = await asyncio.gather(*(
-            self._start(lane, [lane], self.encoder.encode_images, part, lane.tower)
-            for lane, part in zip(taken, parts)
-        ))
-        return np.concatenate(results)
+        started = []
+        try:
+            for index, (lane, part) in enumerate(zip(taken, parts)):
+                started.append(self._start(lane, [lane], self.encoder.encode_images, part, lane.tower))
+        except BaseException:
+            self._release(taken[index + 1 :])  # _start freed the lane it failed on
+            raise
+        return np.concatenate(await asyncio.gather(*started))
 
     def _start(self, lane: Lane, taken: list[Lane], fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``fn`` on ``lane``; ``taken`` lanes become idle when the thread is done (not when
         the caller stops waiting: a cancelled caller must not free a lane that still computes)."""
         loop = asyncio.get_running_loop()
-        future = lane.submit(fn, *args)
+        try:
+            future = lane.submit(fn, *args)
+        except BaseException:  # e.g. the pool is shut down: the lanes must not be lost
+            self._release(taken)
+            raise
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, taken))
         return asyncio.wrap_future(future)
 

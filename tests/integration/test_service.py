@@ -38,7 +38,7 @@ def image_port():
 def app_args(tiny_clip_dir, image_port):
     return AppArgs(
         model=tiny_clip_dir, max_batch_size=8, batch_wait_timeout_s=0.05,
-        forward_lanes=2,  # the CPU default; replicas here get 1 CPU, which alone would mean 1 lane
+        torch_threads=2, forward_lanes=2,  # the CPU default with 2 CPUs (replicas here get 1)
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
     )
 

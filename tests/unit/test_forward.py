@@ -35,11 +35,21 @@ class RecordingEncoder:
 
 @pytest.fixture
 def fake():
+    threads = torch.get_num_threads()
     encoder = RecordingEncoder()
     forward = ForwardLanes(lambda: encoder, threads=2, lanes=2)
     yield encoder, forward
     encoder.hold.set()
     forward.shutdown()
+    torch.set_num_threads(threads)  # ForwardLanes sets the calling thread's count
+
+
+async def all_idle(forward: ForwardLanes) -> None:
+    for _ in range(200):
+        if len(forward._idle) == len(forward.lanes):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"lanes still busy: {len(forward._idle)} of {len(forward.lanes)} idle")
 
 
 def ids(n: int, start: int = 0) -> np.ndarray:
@@ -51,6 +61,7 @@ def test_thread_shares_and_defaults():
     assert split_threads(3, 2) == [2, 1]
     assert split_threads(8, 2) == [4, 4]
     assert split_threads(1, 1) == [1]
+    assert ForwardLanes(RecordingEncoder, threads=1, lanes=2).layout == "1 threads"  # capped
     assert default_lanes("cpu", 2) == 2
     assert default_lanes("cpu", 1) == 1
     assert default_lanes("cuda", 8) == 1
@@ -119,9 +130,42 @@ def test_a_cancelled_caller_frees_its_lane_only_when_the_thread_is_done(fake):
         assert not ready.done()  # the threads still compute
         encoder.hold.set()
         await asyncio.wait_for(ready, 10)
+        await all_idle(forward)  # both lanes come back, not just one
+
+    asyncio.run(scenario())
+
+
+def test_an_error_on_a_lane_reaches_the_caller_and_frees_the_lanes(fake):
+    encoder, forward = fake
+    working, failures = encoder.encode_images, [RuntimeError("out of memory")]
+
+    def broken(pixels, tower=None):
+        if len(pixels) == 2 and failures:  # once: the lane that got the last two images
+            raise failures.pop()
+        return working(pixels, tower)
+
+    encoder.encode_images = broken
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="out of memory"):
+            await forward.encode(ids(5))  # split 3 + 2 over the lanes
+        await all_idle(forward)
+        return await forward.encode(ids(3))  # and the next batch still runs
+
+    assert asyncio.run(scenario()).ravel().tolist() == [0, 1, 2]
+
+
+def test_lanes_are_not_lost_when_work_cannot_be_started(fake):
+    _, forward = fake
+    forward.shutdown()  # submitting to a shut-down pool raises
+
+    async def scenario():
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                await forward.encode(ids(4))
         return len(forward._idle)
 
-    assert asyncio.run(scenario()) >= 1
+    assert asyncio.run(scenario()) == 2
 
 
 def test_real_encoder_gives_the_same_embeddings_split_or_whole(tiny_clip_dir):
