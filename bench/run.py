@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         # Its own process group: the local Ray cluster `serve run` started.
         print(f"  service {stop(service)}", file=sys.stderr)
         # Seen once: an HAProxy outlived the service and held its ports, so the next run
-        # could not start. Only processes with this run's config are stopped.
+        # could not start. With the config location set above, the launcher leaves this
+        # clean-up to whoever set it: here. Only processes with this run's config are stopped.
         leftover = stop_leftover_haproxy(str(work / "haproxy"))
         if leftover:
             print(f"  stopped HAProxy processes the service left running: {leftover}", file=sys.stderr)
