@@ -7,6 +7,7 @@ in time so a broken test cannot leave traffic running.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -151,10 +152,39 @@ def hostile_servers() -> Iterator[tuple[int, Canary]]:
         thread.join(5)
 
 
+RAY_WORKER_PORTS_END = 19999  # Ray's workers take ports 10002-19999 by default
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and that nothing else will be handed by chance.
+
+    A port the kernel picks (bind to 0) is in its ephemeral range, so between this check and
+    the moment a Ray process binds it, one of Ray's own processes can be given it: seen once
+    as HAProxy failing to start with "Address already in use". Ports between Ray's worker
+    ports and the ephemeral range are only ever taken on purpose.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            ephemeral_start = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768  # Linux's default
+    if ephemeral_start <= RAY_WORKER_PORTS_END + 100:  # no room: take the kernel's pick
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(200):
+        port = random.randrange(RAY_WORKER_PORTS_END + 1, ephemeral_start)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found outside the ephemeral range")
 
 
 @contextmanager

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from deployments.serve_env import (
-    HAPROXY_CONFIG, HAPROXY_MODE, haproxy_available, haproxy_processes, own_haproxy_files,
-    serve_env_defaults, stop_leftover_haproxy,
+    HAPROXY_CONFIG, HAPROXY_MODE, SERVE_DEFAULTS, haproxy_available, haproxy_processes,
+    own_haproxy_files, serve_env_defaults, stop_leftover_haproxy,
 )
 
 
@@ -19,14 +19,16 @@ def executable(path: Path) -> str:
 
 def test_haproxy_mode_is_set_when_a_binary_is_there(tmp_path):
     environ = {"RAY_SERVE_HAPROXY_BINARY_PATH": executable(tmp_path / "haproxy")}
-    assert serve_env_defaults(environ) == {HAPROXY_MODE: "1"}
+    assert serve_env_defaults(environ) == {HAPROXY_MODE: "1", **SERVE_DEFAULTS}
     assert environ[HAPROXY_MODE] == "1"
+    assert environ["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
 
 
 def test_the_operators_choice_stands(tmp_path):
-    environ = {HAPROXY_MODE: "0", "RAY_SERVE_HAPROXY_BINARY_PATH": executable(tmp_path / "haproxy")}
+    chosen = {HAPROXY_MODE: "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"}
+    environ = {**chosen, "RAY_SERVE_HAPROXY_BINARY_PATH": executable(tmp_path / "haproxy")}
     assert serve_env_defaults(environ) == {}
-    assert environ[HAPROXY_MODE] == "0"
+    assert environ.items() >= chosen.items()
 
 
 def test_no_haproxy_mode_without_a_binary(tmp_path):
@@ -34,7 +36,7 @@ def test_no_haproxy_mode_without_a_binary(tmp_path):
     not_executable.write_text("")
     environ = {"RAY_SERVE_HAPROXY_BINARY_PATH": str(not_executable)}
     assert not haproxy_available(environ)
-    assert serve_env_defaults(environ) == {}
+    assert serve_env_defaults(environ) == SERVE_DEFAULTS
     assert HAPROXY_MODE not in environ
 
 
