@@ -20,8 +20,8 @@ times a second, not 10. Its work costs about the same at any load. Under load (1
 c=32, about 25 img/s) it took 1.1-1.7 ms of CPU per image at 0.1 s (10 runs) and 0.5-0.8 ms at
 0.5 s (16 runs). Idle (60 s, tiny checkpoint), the whole local cluster used 17.5 % of a core at
 0.1 s and 13.2 % at 0.5 s: the controller 4.2 -> 1.7 %, the GCS 1.8 -> 0.8 %. Autoscaling
-counts its delays in loop ticks, so ``upscale_delay_s``/``downscale_delay_s`` keep their
-meaning; the controller notices a replica that started or died up to 0.4 s later.
+delays are wall-clock times checked once a loop, so a scaling decision, and noticing a replica
+that started or died, can come up to 0.4 s later than at 0.1 s.
 (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`` saved CPU with a tiny model, but with the
 full-size one it was slower in 4 of 5 paired comparisons, by 1.1 img/s on average: not used.)
 """

@@ -9,8 +9,9 @@ from deployments.serve_env import serve_env_defaults
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Serve in the mode ``moderation-serve`` serves in (HAProxy, direct ingress): Ray reads it
-    from the environment of the processes it starts, so it is set before any test starts Ray."""
+    """Serve in the mode ``moderation-serve`` serves in (HAProxy, direct ingress; the controller
+    looping every 0.5 s): Ray reads it from the environment of the processes it starts, so it
+    is set before any test starts Ray."""
     serve_env_defaults()
 
 

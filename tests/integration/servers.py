@@ -152,29 +152,32 @@ def hostile_servers() -> Iterator[tuple[int, Canary]]:
         thread.join(5)
 
 
-RAY_WORKER_PORTS_END = 19999  # Ray's workers take ports 10002-19999 by default
+# Ports Ray gives out on its own by default: workers 10002-19999, ingress replicas (HAProxy mode)
+# 30000-31000, and the kernel's ephemeral range (32768+ on Linux) for everything that binds 0.
+TEST_PORTS = range(20000, 30000)
 _handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    """A port that is free now and that nothing else will be handed by chance.
+    """A port that is free now and that no Ray process will be handed by chance.
 
     A port the kernel picks (bind to 0) is in its ephemeral range, so between this check and
     the moment a Ray process binds it, one of Ray's own processes can be given it: seen once
-    as HAProxy failing to start with "Address already in use". Ports between Ray's worker
-    ports and the ephemeral range are only ever taken on purpose.
+    as HAProxy failing to start with "Address already in use". ``TEST_PORTS`` lies between
+    the ranges Ray hands out, and below the ephemeral range where the kernel says so.
     """
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
             ephemeral_start = int(fh.read().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_start = 32768  # Linux's default
-    if ephemeral_start <= RAY_WORKER_PORTS_END + 100:  # no room: take the kernel's pick
+    ports = range(TEST_PORTS.start, min(TEST_PORTS.stop, ephemeral_start))
+    if len(ports) < 100:  # an unusual ephemeral range: take the kernel's pick
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
     for _ in range(200):
-        port = random.randrange(RAY_WORKER_PORTS_END + 1, ephemeral_start)
+        port = random.choice(ports)
         if port in _handed_out:
             continue
         with socket.socket() as s:
@@ -184,7 +187,7 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise RuntimeError("no free port found outside the ephemeral range")
+    raise RuntimeError(f"no free port found in {ports}")
 
 
 @contextmanager
