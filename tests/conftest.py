@@ -26,7 +26,9 @@ def pytest_configure(config: pytest.Config) -> None:
 # the test process with SIGSEGV while it tore down, after every test had passed (exit status
 # 139, once in four full runs; the kernel logged it as a jump into freed heap memory). So once
 # the session is over and its result printed, the process leaves with pytest's exit status
-# without running the C++ destructors that thread races with.
+# without running the C++ destructors that thread races with. Exit hooks registered before
+# this one are skipped too: under `coverage run -m pytest` coverage's own exit-time save is
+# lost (pytest-cov saves at session end and is not affected).
 _session_status: list[int] = []
 
 
