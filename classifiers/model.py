@@ -1,39 +1,25 @@
-"""Loading a CLIP checkpoint through `transformers` and encoding texts and images with it."""
+"""Loading a CLIP or SigLIP checkpoint and encoding texts and images with it."""
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
+from classifiers.checkpoint import (
+    DEFAULT_MODEL, Family, check_weights, family_of, image_spec_of, load_config,
+    load_image_processor, load_tokenizer, source_of, unavailable, unusable,
+)
 from classifiers.errors import ModelLoadError
 from classifiers.preprocess import ImageSpec
+from classifiers.scoring import LogitRule
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+__all__ = ["DEFAULT_MODEL", "ClipEncoder", "load_clip", "logit_rule"]
 TEXT_BATCH = 256
-# What a local checkpoint directory must hold (any one name of each group).
-REQUIRED_FILES = (
-    ("config.json",),
-    ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-     "pytorch_model.bin.index.json"),
-    ("tokenizer.json", "vocab.json"),
-    ("preprocessor_config.json",),
-)
-
-HOW_TO_FIX = (
-    "Point the service at a local copy: download the checkpoint on a machine with internet "
-    "(`hf download {hub_id} --local-dir clip`), copy the folder here, and set "
-    "`args.model: /abs/path/to/clip` in serve_config.yaml or MODERATION_MODEL=/abs/path/to/clip."
-)
-
-
-def _looks_local(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(model))
 
 
 def resolve_device(device: str) -> str:
@@ -72,22 +58,71 @@ def _features(output):
     return output if hasattr(output, "shape") else output.pooler_output
 
 
-class ClipEncoder:
-    """A loaded CLIP model: L2-normalised text and image embeddings, and its logit scale."""
+def logit_rule(model) -> LogitRule:
+    """How this loaded model's scores are read: a model with a learnt ``logit_bias`` (SigLIP)
+    was trained with a sigmoid per image-text pair, one without (CLIP) with a softmax."""
+    bias = getattr(model, "logit_bias", None)
+    scale = float(model.logit_scale.detach().float().exp().item())
+    if bias is None:
+        return LogitRule(scale=scale)
+    return LogitRule(scale=scale, bias=float(bias.detach().float().reshape(-1)[0].item()), sigmoid=True)
 
-    def __init__(self, model, tokenizer, image_spec: ImageSpec, name: str, device: str, dtype):
+
+def _embedding_dim(config) -> int:
+    for owner, name in ((config, "projection_dim"), (config.text_config, "projection_size"),
+                        (config.vision_config, "hidden_size")):
+        if getattr(owner, name, None):
+            return int(getattr(owner, name))
+    raise ValueError("the config names no embedding size")
+
+
+class ClipEncoder:
+    """A loaded CLIP-family model (CLIP, SigLIP, SigLIP 2): L2-normalised text and image
+    embeddings, and the rule that turns their cosines into scores (``logits``)."""
+
+    def __init__(self, model, tokenizer, image_spec: ImageSpec, name: str, device: str, dtype,
+                 family: Family | None = None):
         import torch
+
+        from classifiers.checkpoint import FAMILIES
 
         self.model, self.tokenizer, self.image_spec = model, tokenizer, image_spec
         self.name, self.device, self.dtype = name, device, dtype
-        self.logit_scale = float(model.logit_scale.exp().item())
-        self.dim = int(model.config.projection_dim)
-        self._mean = torch.tensor(image_spec.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(image_spec.std, device=device).view(1, 3, 1, 1) * 255.0
+        self.family = family or FAMILIES[model.config.model_type]
+        self.logits = logit_rule(model)
+        self.dim = _embedding_dim(model.config)
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
+        mean = torch.tensor(image_spec.mean, device=device) / image_spec.rescale
+        std = torch.tensor(image_spec.std, device=device) / image_spec.rescale
+        self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self._eager_tower = self._image_tower = _image_tower(model)
 
+    @property
+    def logit_scale(self) -> float:
+        return self.logits.scale
+
+    def info(self) -> dict:
+        """What serves: family, checkpoint, architecture, preprocessing and scoring (plain types)."""
+        spec = self.image_spec
+        return {
+            "family": self.family.name,
+            "checkpoint": self.name,
+            "architecture": type(self.model).__name__,
+            "revision": getattr(self.model.config, "_commit_hash", None),
+            "embedding_dim": self.dim,
+            "preprocessing": spec.mode,
+            "image_size": None if spec.mode == "patches" else spec.size,
+            "max_patches": spec.max_patches if spec.mode == "patches" else None,
+            "scoring": "sigmoid" if self.logits.sigmoid else "softmax",
+            "logit_scale": round(self.logits.scale, 6),
+            "logit_bias": round(self.logits.bias, 6) if self.logits.sigmoid else None,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+        }
+
     def traced_tower(self):
-        """A new frozen TorchScript trace of the image tower, or None where tracing fails.
+        """A new frozen TorchScript trace of the image tower, or None where tracing fails or
+        the input shape varies per image (SigLIP 2 NaFlex, which stays eager).
 
         Same weights and maths (cosine 0.99999 to eager), but one graph run in C++: batch-1
         forwards took half the time, and with a busy Python thread in the same process 8x
@@ -97,6 +132,8 @@ class ClipEncoder:
         """
         import torch
 
+        if not self.image_spec.fixed_shape:
+            return None
         example = torch.zeros(1, 3, self.image_spec.size, self.image_spec.size, device=self.device,
                               dtype=self.dtype)
         try:
@@ -124,24 +161,53 @@ class ClipEncoder:
         with torch.inference_mode():
             for start in range(0, len(texts), TEXT_BATCH):
                 tokens = self.tokenizer(
-                    list(texts[start : start + TEXT_BATCH]), padding=True, truncation=True,
-                    max_length=self.model.config.text_config.max_position_embeddings,
-                    return_tensors="pt",
-                ).to(self.device)
-                features = _features(self.model.get_text_features(**tokens)).float()
+                    list(texts[start : start + TEXT_BATCH]), padding=self.family.text_padding,
+                    truncation=True, max_length=self.max_text_tokens, return_tensors="pt",
+                )
+                inputs = {"input_ids": tokens["input_ids"].to(self.device)}
+                if self.family.text_mask and "attention_mask" in tokens:
+                    inputs["attention_mask"] = tokens["attention_mask"].to(self.device)
+                features = _features(self.model.get_text_features(**inputs)).float()
                 out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def encode_images(self, pixels: np.ndarray, tower=None) -> np.ndarray:
-        """``pixels``: uint8 ``(n, size, size, 3)`` from ``decode_image``; ``tower``: one from
-        ``traced_tower`` to run instead of this encoder's default."""
+    def encode_images(self, pixels: np.ndarray | Sequence[np.ndarray], tower=None) -> np.ndarray:
+        """``pixels``: uint8 images from ``decode_frames``, ``(n, h, w, 3)`` or a list of
+        ``(h, w, 3)`` (NaFlex: shapes may differ); ``tower``: one from ``traced_tower`` to run
+        instead of this encoder's default."""
         import torch
 
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-            batch = (batch.permute(0, 3, 1, 2).float() - self._mean) / self._std
-            features = (self._image_tower if tower is None else tower)(batch.to(self.dtype))
+            if not self.image_spec.fixed_shape:
+                features = self._encode_patches(pixels)
+            else:
+                batch = torch.from_numpy(np.ascontiguousarray(np.stack(list(pixels)) if
+                                         isinstance(pixels, (list, tuple)) else pixels))
+                batch = batch.to(self.device, non_blocking=True)
+                batch = (batch.permute(0, 3, 1, 2).float() - self._mean) / self._std
+                features = (self._image_tower if tower is None else tower)(batch.to(self.dtype))
             return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def _encode_patches(self, images: Sequence[np.ndarray]):
+        """SigLIP 2 NaFlex: each image cut into ``patch_size`` patches (row by row, each patch
+        ``(p, p, 3)`` flattened, as transformers' processor does), padded to ``max_patches``
+        with a mask, and its grid passed as ``spatial_shapes``."""
+        import torch
+
+        p, n = self.image_spec.patch_size, self.image_spec.max_patches
+        values = torch.zeros(len(images), n, p * p * 3, device=self.device)
+        mask = torch.zeros(len(images), n, dtype=torch.int32, device=self.device)
+        shapes = torch.zeros(len(images), 2, dtype=torch.long, device=self.device)
+        mean, std = self._mean.view(3), self._std.view(3)
+        for i, image in enumerate(images):
+            rows, cols = image.shape[0] // p, image.shape[1] // p
+            x = (torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float() - mean) / std
+            x = x[: rows * p, : cols * p].reshape(rows, p, cols, p, 3).permute(0, 2, 1, 3, 4)
+            values[i, : rows * cols] = x.reshape(rows * cols, p * p * 3)
+            mask[i, : rows * cols] = 1
+            shapes[i] = torch.tensor((rows, cols))
+        return _features(self.model.get_image_features(
+            pixel_values=values.to(self.dtype), pixel_attention_mask=mask, spatial_shapes=shapes))
 
 
 def _image_tower(model):
@@ -159,78 +225,39 @@ def _image_tower(model):
     return ImageTower().eval()
 
 
-def _image_spec(path_or_id: str) -> ImageSpec:
-    from transformers import AutoImageProcessor
-
-    processor = AutoImageProcessor.from_pretrained(path_or_id)
-    size = processor.crop_size
-    size = size["height"] if isinstance(size, dict) else size.height
-    return ImageSpec(size=int(size), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
-
-
-def _load_error(model: str, exc: BaseException) -> ModelLoadError:
-    local = _looks_local(model)
-    where = f"local directory {os.path.expanduser(model)!r}" if local else f"Hugging Face model {model!r}"
-    detail = str(exc).splitlines()[0].rstrip(".") if str(exc) else ""
-    return ModelLoadError(
-        f"Could not load the CLIP checkpoint from the {where}: {type(exc).__name__}: {detail}. "
-        + HOW_TO_FIX.format(hub_id=DEFAULT_MODEL if local else model)
-    )
-
-
-def check_model_available(model: str) -> None:
-    """Raise ``ModelLoadError`` unless the checkpoint can be had: a local directory with a
-    ``config.json``, or a hub id whose files are cached or downloadable. Cheap: one small file."""
-    path = os.path.expanduser(model)
-    if os.path.isdir(path):
-        missing = [
-            " or ".join(names) for names in REQUIRED_FILES
-            if not any(os.path.isfile(os.path.join(path, n)) for n in names)
-        ]
-        if missing:
-            raise _load_error(model, FileNotFoundError(f"{path} lacks {', '.join(missing)}"))
-        return
-    if _looks_local(model):
-        raise _load_error(model, FileNotFoundError(f"no such directory: {path}"))
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
-    try:
-        hf_hub_download(model, "config.json")
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one message
-        raise _load_error(model, exc) from None
-
-
 def load_clip(
     model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", trace: bool = True
 ) -> ClipEncoder:
-    """Load a CLIP checkpoint (hub id or local directory) for inference.
+    """Load a CLIP or SigLIP checkpoint (hub id or local directory) for inference, through
+    transformers' own loaders (``classifiers.checkpoint``).
 
-    Raises ``ModelLoadError`` with a one-paragraph message on any failure to get the weights.
+    Raises ``ModelLoadError`` with a one-line message on any failure to get or use the weights.
     """
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    source = os.path.expanduser(model) if os.path.isdir(os.path.expanduser(model)) else model
+    family = family_of(model, load_config(model))
+    check_weights(model)
+    spec = image_spec_of(load_image_processor(model), model)
+    tokenizer = load_tokenizer(model)
     try:
-        clip = CLIPModel.from_pretrained(source, dtype=torch_dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        spec = _image_spec(source)
-    except OSError as exc:  # missing, unreadable or undownloadable files
-        raise _load_error(model, exc) from None
+        loaded = AutoModel.from_pretrained(source_of(model), dtype=torch_dtype).to(device).eval()
+    except OSError as exc:  # missing, unreadable or undownloadable weights
+        raise unavailable(model, exc) from None
     except Exception as exc:  # noqa: BLE001 - the files were there; the load itself failed
-        detail = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelLoadError(
-            f"Could not load the CLIP checkpoint {model!r} on device {device!r} ({torch_dtype}): "
-            f"{type(exc).__name__}: {detail}. Check `device`/`dtype` in serve_config.yaml and that "
-            "the checkpoint is a CLIP model."
+            f"Could not load the checkpoint {model!r} on device {device!r} ({torch_dtype}): "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. "
+            "Check `device`/`dtype` in serve_config.yaml and that the weights match the config."
         ) from None
-    encoder = ClipEncoder(clip, tokenizer, spec, name=model, device=device, dtype=torch_dtype)
+    if not (hasattr(loaded, "get_text_features") and hasattr(loaded, "get_image_features")):
+        raise unusable(model, f"{type(loaded).__name__} has no text and image towers")
+    encoder = ClipEncoder(loaded, tokenizer, spec, name=model, device=device, dtype=torch_dtype,
+                          family=family)
     traced = trace and encoder.trace_image_tower()
-    logger.info("loaded %s on %s (%s, image tower %s)", model, device, torch_dtype,
-                "traced" if traced else "eager")
+    logger.info("loaded %s (%s, %s) on %s (%s, image tower %s)", model, family.name,
+                type(loaded).__name__, device, torch_dtype, "traced" if traced else "eager")
     return encoder

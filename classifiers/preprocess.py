@@ -1,8 +1,10 @@
-"""Image bytes to the model's input: decode, orient, make RGB, resize and centre-crop.
+"""Image bytes to the model's input: decode, orient, make RGB, resize (and crop).
 
-Matches CLIP's image processor (shortest edge to ``size`` with bicubic resampling, then a
-centre crop) and returns compact ``uint8`` pixels; normalisation happens on the model's device.
-JPEGs are decoded at reduced scale (draft mode) when they are much larger than needed.
+Matches the checkpoint's own image processor, whose numbers ``ImageSpec`` holds: CLIP's
+(shortest edge to ``resize``, then a centre crop of ``size``), SigLIP's (the whole image
+squashed to ``size`` x ``size``) or SigLIP 2 NaFlex's (aspect ratio kept, resized to a grid of
+at most ``max_patches`` patches). It returns compact ``uint8`` pixels; normalisation happens on
+the model's device. JPEGs are decoded at reduced scale (draft mode) when much larger than needed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,13 +38,61 @@ def looks_like_image(prefix: bytes) -> bool:
     return prefix.startswith(SIGNATURES)
 
 
+Mode = Literal["crop", "squash", "patches"]
+
+
 @dataclass(frozen=True)
 class ImageSpec:
-    """What the checkpoint's image processor expects (read from ``preprocessor_config.json``)."""
+    """What the checkpoint's image processor does, as numbers (``classifiers.checkpoint``
+    reads them from the processor transformers loads).
+
+    ``crop``: shortest edge to ``resize`` (default ``size``), then a centre crop of ``size``.
+    ``squash``: the whole image to ``size`` x ``size``. ``patches``: aspect ratio kept, both
+    sides multiples of ``patch_size``, at most ``max_patches`` patches (``size`` unused).
+    Pixels are normalised as ``(x * rescale - mean) / std``.
+    """
 
     size: int = 224
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mode: Mode = "crop"
+    resize: int | None = None
+    resample: int = int(Image.Resampling.BICUBIC)
+    rescale: float = 1 / 255
+    patch_size: int = 16
+    max_patches: int = 256
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("crop", "squash", "patches"):
+            raise ValueError(f"mode must be crop, squash or patches, not {self.mode!r}")
+        if self.size < 1 or self.patch_size < 1 or self.max_patches < 1:
+            raise ValueError("size, patch_size and max_patches must be positive")
+        if self.mode == "crop" and self.resize is not None and self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) is smaller than the crop ({self.size})")
+
+    @property
+    def fixed_shape(self) -> bool:
+        """Whether every image comes out the same shape (``size`` x ``size``)."""
+        return self.mode != "patches"
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the image is resized to, before any crop."""
+        if self.mode == "crop":
+            return resize_shape(width, height, self.resize or self.size)
+        if self.mode == "squash":
+            return self.size, self.size
+        rows, cols = patch_grid(height, width, self.patch_size, self.max_patches)
+        return cols * self.patch_size, rows * self.patch_size
+
+
+def patch_grid(height: int, width: int, patch_size: int, max_patches: int) -> tuple[int, int]:
+    """(rows, columns) of patches SigLIP 2 NaFlex resizes an image to: transformers' own rule."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        get_image_size_for_max_num_patches,
+    )
+
+    h, w = get_image_size_for_max_num_patches(height, width, patch_size, max_patches)
+    return h // patch_size, w // patch_size
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -94,7 +145,7 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
 def decode_image(
     data: bytes, spec: ImageSpec, max_pixels: int = 50_000_000, draft: bool = True
 ) -> np.ndarray:
-    """Decode the first frame into a ``(size, size, 3)`` uint8 array (see ``decode_frames``)."""
+    """Decode the first frame into an ``(h, w, 3)`` uint8 array (see ``decode_frames``)."""
     return decode_frames(data, spec, max_pixels, draft, max_frames=1)[0]
 
 
@@ -105,7 +156,8 @@ def decode_frames(
     draft: bool = True,
     max_frames: int = 1,
 ) -> np.ndarray:
-    """Decode up to ``max_frames`` evenly spaced frames into ``(k, size, size, 3)`` uint8.
+    """Decode up to ``max_frames`` evenly spaced frames into ``(k, h, w, 3)`` uint8: ``h = w =
+    size``, except in ``patches`` mode, where they follow the image's aspect ratio.
 
     Still images give one frame. Animations are scanned only as far as a bounded number of
     frames (never thousands). Raises ``ModerationError`` with ``unsupported_media_type``,
@@ -115,18 +167,19 @@ def decode_frames(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            orientation = _orientation(image)
+            target = spec.target(*_upright(image.size, orientation))
             if draft and image.format == "JPEG":
                 # DCT-domain downscale (1/2, 1/4, 1/8) to no less than the target size, then
                 # bicubic: within ~0.2 grey levels on average of decoding at full size, and
                 # 2.6x faster for 1024x768 (6.5 -> 2.5 ms), 1.6x for 4000x3000 (12.9 -> 7.9 ms).
-                w, h = image.size
-                factor = max(1.0, min(w, h) / spec.size)
-                image.draft("RGB", (int(w / factor), int(h / factor)))
-            orientation = _orientation(image)
+                w, h = _upright(image.size, orientation)
+                factor = max(1.0, min(w / target[0], h / target[1]))
+                image.draft("RGB", (int(image.width / factor), int(image.height / factor)))
             frames = []
             for index in _frame_indices(image, max_frames, max_pixels):
                 image.seek(index)
-                frames.append(_square(image, spec.size, orientation))
+                frames.append(_fit(image, spec, orientation, target))
             return np.stack(frames)
     except ModerationError:
         raise
@@ -137,7 +190,7 @@ def decode_frames(
 
 
 def prepare_array(array: np.ndarray, spec: ImageSpec, max_pixels: int = 50_000_000) -> np.ndarray:
-    """An already decoded ``(H, W, 3)`` or ``(H, W)`` uint8 image to ``(1, size, size, 3)``."""
+    """An already decoded ``(H, W, 3)`` or ``(H, W)`` uint8 image to ``(1, h, w, 3)``."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ModerationError(
@@ -148,7 +201,8 @@ def prepare_array(array: np.ndarray, spec: ImageSpec, max_pixels: int = 50_000_0
         raise ModerationError("image_too_large", f"the image has more than {max_pixels} pixels")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ModerationError("invalid_request", "the image array is empty")
-    return _square(Image.fromarray(array), spec.size, 1)[None]
+    image = Image.fromarray(array)
+    return _fit(image, spec, 1, spec.target(*image.size))[None]
 
 
 def _frame_indices(image: Image.Image, max_frames: int, max_pixels: int) -> list[int]:
@@ -168,17 +222,28 @@ def _frame_indices(image: Image.Image, max_frames: int, max_pixels: int) -> list
     return sorted(set(picks.tolist()))
 
 
-def _square(frame: Image.Image, size: int, orientation: int) -> np.ndarray:
+def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied (5-8 turn the image a quarter)."""
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def _fit(frame: Image.Image, spec: ImageSpec, orientation: int, target: tuple[int, int]) -> np.ndarray:
+    """One frame, upright and RGB, resized to ``target`` (from the full-size image, so a
+    draft-decoded JPEG lands on the same shape) and, in ``crop`` mode, centre-cropped."""
     if orientation != 1:
         frame = ImageOps.exif_transpose(frame)
     frame = _to_rgb(frame)
-    # Resize-then-centre-crop as CLIP's processor does, but resample only the source region
-    # that ends up in the crop: a 1x20000 image must not become a 224x4480000 intermediate.
-    width, height = resize_shape(frame.width, frame.height, size)
-    sx, sy = frame.width / width, frame.height / height
-    left, top = (width - size) // 2, (height - size) // 2
-    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    frame = frame.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    width, height = target
+    if spec.mode == "crop":
+        # Resize-then-centre-crop as CLIP's processor does, but resample only the source region
+        # that ends up in the crop: a 1x20000 image must not become a 224x4480000 intermediate.
+        size = spec.size
+        sx, sy = frame.width / width, frame.height / height
+        left, top = (width - size) // 2, (height - size) // 2
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        frame = frame.resize((size, size), spec.resample, box=box)
+    else:
+        frame = frame.resize((width, height), spec.resample)
     return np.array(frame, dtype=np.uint8)  # a writable copy torch can wrap
 
 

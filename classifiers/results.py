@@ -28,13 +28,17 @@ class ClassifierResult:
 
 @dataclass(frozen=True)
 class Classification:
-    """Every requested classifier's result for one image, with the model and its timings."""
+    """Every requested classifier's result for one image, with the model and its timings.
+
+    ``model`` is the checkpoint as configured (hub id or directory); ``model_family`` its
+    family (``clip``, ``siglip``, ``siglip2``)."""
 
     model: str
     results: tuple[ClassifierResult, ...]
     decode_ms: float
     inference_ms: float
     batch_size: int = 1
+    model_family: str = "clip"
 
     @property
     def flagged(self) -> bool:

@@ -82,7 +82,8 @@ class ClassifyResponse(BaseModel):
     """``POST /v1/classify`` result."""
 
     request_id: str
-    model: str
+    model: str = Field(description="The checkpoint that served: a hub id or a local directory.")
+    model_family: str = Field("clip", description="Its family: `clip`, `siglip` or `siglip2`.")
     flagged: bool = Field(description="True if any classifier flagged the image.")
     results: dict[str, ClassifierResult]
     timing: Timing
@@ -95,6 +96,7 @@ class ClassifyResponse(BaseModel):
         return cls(
             request_id=request_id,
             model=result.model,
+            model_family=result.model_family,
             flagged=result.flagged,
             results={
                 r.name: ClassifierResult.model_validate(r, from_attributes=True)
@@ -120,14 +122,41 @@ class ClassifierInfo(BaseModel):
     prompts: dict[str, list[str]]
 
 
+class ModelInfo(BaseModel):
+    """The checkpoint a model replica serves, and how it reads images and scores."""
+
+    family: str = Field(description="`clip`, `siglip` or `siglip2`.", examples=["siglip"])
+    checkpoint: str = Field(description="As configured: a hub id or a local directory.")
+    architecture: str = Field(examples=["SiglipModel"])
+    revision: str | None = Field(None, description="The hub commit, where the hub supplied it.")
+    embedding_dim: int
+    preprocessing: Literal["crop", "squash", "patches"] = Field(
+        description="`crop`: shortest edge resized, centre crop (CLIP); `squash`: the whole "
+        "image resized to a square (SigLIP); `patches`: aspect ratio kept (SigLIP 2 NaFlex).",
+    )
+    image_size: int | None = Field(None, description="Side of the square input (not for `patches`).")
+    max_patches: int | None = None
+    scoring: Literal["softmax", "sigmoid"] = Field(
+        description="How attribute sets are read: `softmax` of each label against its negation "
+        "(CLIP), or `sigmoid` of each label's logit with the model's bias (SigLIP). Exclusive "
+        "sets are a softmax either way.",
+    )
+    logit_scale: float
+    logit_bias: float | None = None
+    dtype: str
+    device: str
+
+
 class ClassifiersResponse(BaseModel):
     model: str
+    model_info: ModelInfo | None = None
     classifiers: list[ClassifierInfo]
 
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
+    model_family: str = "clip"
 
 
 class ErrorDetail(BaseModel):

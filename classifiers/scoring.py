@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from classifiers.heads import Head
 from classifiers.results import ClassifierResult
+
+
+@dataclass(frozen=True)
+class LogitRule:
+    """How a model turns cosines into logits, and how attribute sets read them.
+
+    CLIP (``sigmoid=False``): logit = ``scale`` x cosine, trained with a softmax, so an
+    attribute is a two-way softmax of the label's prompt against its negation. SigLIP
+    (``sigmoid=True``): logit = ``scale`` x cosine + ``bias``, trained with a sigmoid per
+    image-text pair, so an attribute's score is the sigmoid of its own prompt's logit.
+    Exclusive sets take a softmax over the logits either way (the bias cancels out).
+    """
+
+    scale: float
+    bias: float = 0.0
+    sigmoid: bool = False
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -17,29 +35,32 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def label_logits(head: Head, embedding: np.ndarray, logit_scale: float) -> np.ndarray:
-    """One logit per head row: cosine × ``logit_scale`` (attributes: label, negation, ...)."""
-    return logit_scale * (head.matrix @ embedding.astype(np.float32))
+def label_logits(head: Head, embedding: np.ndarray, rule: LogitRule) -> np.ndarray:
+    """One logit per head row (attributes: label, negation, ...), by the model's ``rule``."""
+    return rule.scale * (head.matrix @ embedding.astype(np.float32)) + rule.bias
 
 
 def label_scores(
-    head: Head, embedding: np.ndarray, logit_scale: float, temperature: float = 1.0
+    head: Head, embedding: np.ndarray, rule: LogitRule, temperature: float = 1.0
 ) -> np.ndarray:
-    """Per-label scores: a softmax over exclusive labels, or each attribute against its negation.
+    """Per-label scores: a softmax over exclusive labels; for attributes, each label against
+    its negation (CLIP) or on its own (SigLIP's sigmoid, see ``LogitRule``).
 
-    ``embedding`` is one L2-normalised image embedding; logits are cosine × ``logit_scale``,
-    divided by the classifier's calibration ``temperature`` (1: uncalibrated).
+    ``embedding`` is one L2-normalised image embedding; logits are divided by the
+    classifier's calibration ``temperature`` (1: uncalibrated).
     """
-    logits = label_logits(head, embedding, logit_scale) / temperature
+    logits = label_logits(head, embedding, rule) / temperature
     if head.label_set.kind == "exclusive":
         return softmax(logits)
+    if rule.sigmoid:
+        return sigmoid(logits[0::2])
     return sigmoid(logits[0::2] - logits[1::2])  # two-way softmax: label vs its negation
 
 
 def score(
     head: Head,
     embedding: np.ndarray,
-    logit_scale: float,
+    rule: LogitRule,
     threshold: float | None = None,
     temperature: float = 1.0,
 ) -> ClassifierResult:
@@ -51,7 +72,7 @@ def score(
     """
     label_set = head.label_set
     threshold = label_set.threshold if threshold is None else threshold
-    per_frame = np.stack([label_scores(head, e, logit_scale, temperature) for e in np.atleast_2d(embedding)])
+    per_frame = np.stack([label_scores(head, e, rule, temperature) for e in np.atleast_2d(embedding)])
     probs = per_frame.max(axis=0)
     names = label_set.label_names
     unsafe_idx = [names.index(u) for u in label_set.unsafe]

@@ -165,8 +165,9 @@ class ClipModel:
         thresholds = self.runtime.thresholds
         return Classification(
             model=self.encoder.name,
+            model_family=self.encoder.family.name,
             results=tuple(
-                score(head, embedding, self.encoder.logit_scale, thresholds.get(head.label_set.name),
+                score(head, embedding, self.encoder.logits, thresholds.get(head.label_set.name),
                       self.temperatures.get(head.label_set.name, 1.0))
                 for head in heads
             ),
@@ -182,7 +183,7 @@ class ClipModel:
         embedding comes back with the size of the batch it rode in."""
         await self.forward.wait_ready()  # the timer measures the forward pass, not the wait
         start = time.perf_counter()
-        embeddings = await self.forward.encode(np.stack(pixels))
+        embeddings = await self.forward.encode(pixels)
         self.metrics.model_ms.observe((time.perf_counter() - start) * 1000)
         self.metrics.batch_size.observe(len(pixels))
         return [(embedding, len(pixels)) for embedding in embeddings]
@@ -209,9 +210,11 @@ class ClipModel:
         return Head(label_set, matrix)
 
     def catalog(self) -> dict:
-        """Built-in classifiers with their labels, prompts and the thresholds in force."""
+        """The model that serves, and the built-in classifiers with their labels, prompts and
+        the thresholds in force."""
         return {
             "model": self.encoder.name,
+            "model_info": self.encoder.info(),
             "classifiers": [
                 {
                     "name": s.name, "kind": s.kind, "description": s.description,
@@ -228,6 +231,7 @@ class ClipModel:
         """The model this replica serves, and which replica answered."""
         return {
             "model": self.encoder.name,
+            "model_family": self.encoder.family.name,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "custom_heads_cached": len(self.custom_heads),
         }

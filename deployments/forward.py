@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -128,8 +128,9 @@ class ForwardLanes:
         lane = self._idle.pop(0)
         return await self._start(lane, [lane], fn, *args)
 
-    async def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """Image embeddings for uint8 ``pixels`` ``(n, size, size, 3)``, split over idle lanes.
+    async def encode(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Image embeddings for uint8 images (``(h, w, 3)`` each, or one ``(n, h, w, 3)``
+        array), split over idle lanes.
 
         Waits for an idle lane first; after ``wait_ready()`` returns, with no await in between,
         it does not wait. Idle lanes go to whichever caller runs first, not in arrival order.
@@ -138,7 +139,8 @@ class ForwardLanes:
         if len(self.lanes) > 1 and len(self._idle) == len(self.lanes) and len(pixels) < len(self.lanes):
             taken, self._idle = self._idle, []
             return await self._start(self.whole, taken, self.encoder.encode_images, pixels)
-        parts = np.array_split(pixels, min(len(self._idle), len(pixels)))
+        cuts = np.array_split(np.arange(len(pixels)), min(len(self._idle), len(pixels)))
+        parts = [pixels[c[0] : c[-1] + 1] for c in cuts]
         taken, self._idle = self._idle[: len(parts)], self._idle[len(parts) :]
         started = []
         try:

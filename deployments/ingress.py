@@ -99,7 +99,8 @@ class Ingress:
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)
     async def classifiers(self) -> ClassifiersResponse:
-        """List the built-in classifiers: labels, unsafe labels, thresholds and prompts."""
+        """The model that serves (family, checkpoint, scoring) and the built-in classifiers:
+        labels, unsafe labels, thresholds and prompts."""
         return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
 
     @app.get("/", include_in_schema=False)
@@ -114,4 +115,4 @@ class Ingress:
             health = await self._call(self.model.health.remote(), timeout_s=5.0)
         except ModerationError:
             raise ModerationError("model_unavailable", "the model is not ready") from None
-        return HealthResponse(status="ok", model=health["model"])
+        return HealthResponse(status="ok", model=health["model"], model_family=health["model_family"])

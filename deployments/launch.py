@@ -14,7 +14,7 @@ import yaml
 
 from classifiers.calibration import load_calibration
 from classifiers.errors import ModelLoadError
-from classifiers.model import check_model_available
+from classifiers.checkpoint import check_model_available
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from deployments.serve_env import own_haproxy_files, serve_env_defaults
 from deployments.settings import AppArgs

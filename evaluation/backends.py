@@ -62,7 +62,7 @@ def _error_text(exc: Exception) -> str:
 
 def model_identity(encoder, max_frames: int, jpeg_draft: bool, max_pixels: int) -> str:
     """What makes an embedding: checkpoint (with a fingerprint of a local one), dtype, input size."""
-    parts = [encoder.name, str(encoder.dtype), f"size={encoder.image_spec.size}",
+    parts = [encoder.name, str(encoder.dtype), repr(encoder.image_spec),
              f"frames={max_frames}", f"draft={jpeg_draft}", f"pixels={max_pixels}"]
     folder = Path(os.path.expanduser(encoder.name))
     if folder.is_dir():  # a local directory: its config and weight file sizes
@@ -133,7 +133,7 @@ class InProcessBackend:
         good = {d: frames for d, frames in decoded.items() if not isinstance(frames, Exception)}
         result: dict[str, np.ndarray | Exception] = {d: e for d, e in decoded.items() if isinstance(e, Exception)}
         if good:
-            embeddings = self.encoder.encode_images(np.concatenate(list(good.values())))
+            embeddings = self.encoder.encode_images([f for frames in good.values() for f in frames])
             self.encoded_images += len(good)
             start = 0
             for d, frames in good.items():
@@ -149,12 +149,12 @@ class InProcessBackend:
 
         head = build_head(label_set, self.encoder.encode_text)
         threshold = label_set.threshold if threshold is None else threshold
-        scale = self.encoder.logit_scale
-        results = [score(head, e, scale, threshold, temperature) for e in embeddings]
+        rule = self.encoder.logits
+        results = [score(head, e, rule, threshold, temperature) for e in embeddings]
         names = label_set.label_names
         logits = None
         if label_set.kind == "exclusive":  # the first frame's logits (what calibration fits)
-            logits = np.stack([label_logits(head, np.atleast_2d(e)[0], scale) for e in embeddings]) \
+            logits = np.stack([label_logits(head, np.atleast_2d(e)[0], rule) for e in embeddings]) \
                 if len(embeddings) else np.zeros((0, len(names)))
         return Scored(
             label_set=label_set,

@@ -15,7 +15,7 @@ from classifiers.errors import ModelLoadError
 from classifiers.heads import Head
 from classifiers.labels import Label, LabelSet
 from classifiers.registry import BUILTIN_CLASSIFIERS
-from classifiers.scoring import label_scores, score, softmax
+from classifiers.scoring import LogitRule, label_scores, score, softmax
 from deployments.settings import AppArgs, ModelSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,21 +30,21 @@ def test_temperature_divides_logits_before_softmax_and_keeps_the_top_label():
     image = np.array([0.8, 0.5, 0.1, 0.3], np.float32)
     image /= np.linalg.norm(image)
     logits = 10.0 * np.eye(3, 4) @ image
-    np.testing.assert_allclose(label_scores(head, image, 10.0, temperature=2.0), softmax(logits / 2), atol=1e-6)
-    assert np.array_equal(label_scores(head, image, 10.0, 1.0), label_scores(head, image, 10.0))
-    hot, cold = score(head, image, 10.0, temperature=4.0), score(head, image, 10.0, temperature=0.5)
+    np.testing.assert_allclose(label_scores(head, image, LogitRule(10.0), temperature=2.0), softmax(logits / 2), atol=1e-6)
+    assert np.array_equal(label_scores(head, image, LogitRule(10.0), 1.0), label_scores(head, image, LogitRule(10.0)))
+    hot, cold = score(head, image, LogitRule(10.0), temperature=4.0), score(head, image, LogitRule(10.0), temperature=0.5)
     assert hot.top_label == cold.top_label == "bad"
-    assert hot.top_score < score(head, image, 10.0).top_score < cold.top_score
+    assert hot.top_score < score(head, image, LogitRule(10.0)).top_score < cold.top_score
     assert hot.unsafe_score == hot.scores["bad"]
-    assert not score(head, image, 10.0, threshold=0.7, temperature=4.0).flagged
-    assert score(head, image, 10.0, threshold=0.7, temperature=0.5).flagged
+    assert not score(head, image, LogitRule(10.0), threshold=0.7, temperature=4.0).flagged
+    assert score(head, image, LogitRule(10.0), threshold=0.7, temperature=0.5).flagged
 
 
 def test_attribute_temperature_scales_the_label_against_its_negation():
     head = Head(ATTRS, np.eye(2, 3, dtype=np.float32))
     image = np.array([0.6, 0.2, 0.0], np.float32)
     expected = 1 / (1 + np.exp(-(10 * 0.6 - 10 * 0.2) / 3.0))
-    assert label_scores(head, image, 10.0, temperature=3.0)[0] == pytest.approx(expected, rel=1e-5)
+    assert label_scores(head, image, LogitRule(10.0), temperature=3.0)[0] == pytest.approx(expected, rel=1e-5)
 
 
 def _write(tmp_path, data) -> str:

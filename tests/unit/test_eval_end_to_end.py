@@ -6,6 +6,7 @@ they were chosen, so a perfect score proves its bookkeeping (labels, rows, score
 """
 
 import copy
+import dataclasses
 import itertools
 import json
 import random
@@ -166,7 +167,7 @@ def test_calibration_undoes_a_known_distortion_and_gives_thresholds_for_calibrat
 
     def run(factor: float, name: str) -> dict:
         distorted = copy.copy(encoder)
-        distorted.logit_scale = encoder.logit_scale * factor
+        distorted.logits = dataclasses.replace(encoder.logits, scale=encoder.logits.scale * factor)
         opts = RunOptions(dataset="colours", out_dir=tmp_path / name, calibrate=str(tmp_path / f"{name}.json"),
                           cache=str(tmp_path / "cache.sqlite"), progress=False, target_recall=0.9)
         return run_in_process(samples, nudity, distorted, opts)

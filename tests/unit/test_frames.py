@@ -7,7 +7,7 @@ from PIL import Image
 from classifiers.heads import Head
 from classifiers.labels import Label, LabelSet
 from classifiers.preprocess import ImageSpec, decode_frames
-from classifiers.scoring import score
+from classifiers.scoring import LogitRule, score
 
 SPEC = ImageSpec(size=32)
 
@@ -48,7 +48,7 @@ def test_each_label_takes_its_worst_frame():
                          unsafe=("bad",), threshold=0.6)
     head = Head(label_set, np.eye(2, dtype=np.float32))
     frames = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)  # safe frame, then unsafe frame
-    result = score(head, frames, logit_scale=10.0)
-    alone = score(head, frames[0], logit_scale=10.0)
+    result = score(head, frames, LogitRule(10.0))
+    alone = score(head, frames[0], LogitRule(10.0))
     assert not alone.flagged and result.flagged
-    assert result.scores["bad"] == score(head, frames[1], 10.0).scores["bad"]
+    assert result.scores["bad"] == score(head, frames[1], LogitRule(10.0)).scores["bad"]

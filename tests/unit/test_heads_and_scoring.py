@@ -5,7 +5,7 @@ import pytest
 
 from classifiers.heads import HeadCache, build_head
 from classifiers.labels import Label, LabelSet
-from classifiers.scoring import label_scores, score, softmax
+from classifiers.scoring import LogitRule, label_scores, score, softmax
 
 
 class FakeTextEncoder:
@@ -64,10 +64,10 @@ def test_attribute_heads_interleave_label_and_negation():
 def test_exclusive_scores_are_softmax_of_scaled_cosines():
     head = build_head(EXCLUSIVE, FakeTextEncoder())
     image = unit(head.matrix[0] + 0.2 * head.matrix[1])
-    probs = label_scores(head, image, logit_scale=100.0)
+    probs = label_scores(head, image, LogitRule(100.0))
     np.testing.assert_allclose(probs, softmax(100.0 * head.matrix @ image), atol=1e-6)
     assert probs.sum() == pytest.approx(1.0)
-    result = score(head, image, 100.0)
+    result = score(head, image, LogitRule(100.0))
     assert result.top_label == "bad" and result.flagged
     assert result.unsafe_score == pytest.approx(probs[0], abs=1e-6)
 
@@ -78,8 +78,8 @@ def test_attribute_scores_do_not_depend_on_other_attributes():
     only_p = build_head(LabelSet(name="at", kind="attributes", templates=("a photo of {}.",),
                                  labels=(ATTRS.labels[0],)), enc)
     image = unit(np.ones(enc.dim, np.float32))
-    p_alone = label_scores(only_p, image, 50.0)[0]
-    p_with_q = label_scores(both, image, 50.0)[0]
+    p_alone = label_scores(only_p, image, LogitRule(50.0))[0]
+    p_with_q = label_scores(both, image, LogitRule(50.0))[0]
     assert p_alone == pytest.approx(p_with_q, rel=1e-5)
     cos = both.matrix @ image
     assert p_alone == pytest.approx(1 / (1 + np.exp(-50.0 * (cos[0] - cos[1]))), rel=1e-5)
@@ -89,21 +89,21 @@ def test_attribute_unsafe_score_is_the_max_and_threshold_decides():
     enc = FakeTextEncoder()
     head = build_head(ATTRS, enc)
     image = unit(head.matrix[2] - head.matrix[3])  # towards "q", away from "not q"
-    result = score(head, image, 2.0)
+    result = score(head, image, LogitRule(2.0))
     assert 0.5 < result.scores["q"] < 0.99 and result.unsafe_score == result.scores["q"]
     assert result.unsafe_score == max(result.scores[u] for u in ATTRS.unsafe)
-    assert score(head, image, 2.0, threshold=result.unsafe_score).flagged
-    assert not score(head, image, 2.0, threshold=result.unsafe_score + 1e-3).flagged
+    assert score(head, image, LogitRule(2.0), threshold=result.unsafe_score).flagged
+    assert not score(head, image, LogitRule(2.0), threshold=result.unsafe_score + 1e-3).flagged
 
 
 def test_threshold_boundary_and_no_unsafe_labels_never_flag():
     head = build_head(EXCLUSIVE, FakeTextEncoder())
     image = unit(head.matrix[0] + head.matrix[1])
-    result = score(head, image, 10.0)
-    assert score(head, image, 10.0, threshold=result.unsafe_score).flagged
-    assert not score(head, image, 10.0, threshold=min(1.0, result.unsafe_score + 1e-3)).flagged
+    result = score(head, image, LogitRule(10.0))
+    assert score(head, image, LogitRule(10.0), threshold=result.unsafe_score).flagged
+    assert not score(head, image, LogitRule(10.0), threshold=min(1.0, result.unsafe_score + 1e-3)).flagged
     safe_only = build_head(LabelSet(name="s", kind="exclusive", labels=EXCLUSIVE.labels), FakeTextEncoder())
-    assert not score(safe_only, image, 10.0, threshold=0.01).flagged
+    assert not score(safe_only, image, LogitRule(10.0), threshold=0.01).flagged
 
 
 def test_head_cache_is_bounded_lru():

@@ -7,7 +7,8 @@ from transformers import CLIPImageProcessorPil, CLIPModel
 
 from classifiers.errors import ModelLoadError
 from classifiers.heads import build_head
-from classifiers.model import check_model_available, load_clip
+from classifiers.checkpoint import check_model_available
+from classifiers.model import load_clip
 from classifiers.preprocess import decode_image
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from images import encode, photo_like
