@@ -97,6 +97,8 @@ def load_config(model: str):
     """The checkpoint's transformers config (``config.json``; downloads only that file)."""
     from transformers import AutoConfig
 
+    if looks_local(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise unavailable(model, FileNotFoundError(f"no such directory: {os.path.expanduser(model)}"))
     try:
         return AutoConfig.from_pretrained(source_of(model))
     except OSError as exc:
@@ -214,8 +216,6 @@ def check_model_available(model: str) -> None:
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
-    if looks_local(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise unavailable(model, FileNotFoundError(f"no such directory: {os.path.expanduser(model)}"))
     family_of(model, load_config(model))
     check_weights(model)
     image_spec_of(load_image_processor(model), model)

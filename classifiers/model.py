@@ -81,7 +81,7 @@ class ClipEncoder:
     embeddings, and the rule that turns their cosines into scores (``logits``)."""
 
     def __init__(self, model, tokenizer, image_spec: ImageSpec, name: str, device: str, dtype,
-                 family: Family | None = None):
+                 family: Family | None = None, logits: LogitRule | None = None):
         import torch
 
         from classifiers.checkpoint import FAMILIES
@@ -89,7 +89,7 @@ class ClipEncoder:
         self.model, self.tokenizer, self.image_spec = model, tokenizer, image_spec
         self.name, self.device, self.dtype = name, device, dtype
         self.family = family or FAMILIES[model.config.model_type]
-        self.logits = logit_rule(model)
+        self.logits = logits or logit_rule(model)
         self.dim = _embedding_dim(model.config)
         self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
         mean = torch.tensor(image_spec.mean, device=device) / image_spec.rescale
@@ -244,7 +244,11 @@ def load_clip(
     spec = image_spec_of(load_image_processor(model), model)
     tokenizer = load_tokenizer(model)
     try:
-        loaded = AutoModel.from_pretrained(source_of(model), dtype=torch_dtype).to(device).eval()
+        # Loaded in float32 and cast after the logit scale and bias are read: in bfloat16,
+        # SigLIP's or CLIP's trained scale of 100 reads back as 98.9.
+        loaded = AutoModel.from_pretrained(source_of(model), dtype="float32").eval()
+        rule = logit_rule(loaded)
+        loaded = loaded.to(device=device, dtype=torch_dtype)
     except OSError as exc:  # missing, unreadable or undownloadable weights
         raise unavailable(model, exc) from None
     except Exception as exc:  # noqa: BLE001 - the files were there; the load itself failed
@@ -256,7 +260,7 @@ def load_clip(
     if not (hasattr(loaded, "get_text_features") and hasattr(loaded, "get_image_features")):
         raise unusable(model, f"{type(loaded).__name__} has no text and image towers")
     encoder = ClipEncoder(loaded, tokenizer, spec, name=model, device=device, dtype=torch_dtype,
-                          family=family)
+                          family=family, logits=rule)
     traced = trace and encoder.trace_image_tower()
     logger.info("loaded %s (%s, %s) on %s (%s, image tower %s)", model, family.name,
                 type(loaded).__name__, device, torch_dtype, "traced" if traced else "eager")

@@ -99,6 +99,7 @@ def test_upload_scores_every_builtin_classifier(http):
         assert result["flagged"] == (bool(label_set.unsafe) and result["unsafe_score"] >= result["threshold"])
     assert body["flagged"] == any(r["flagged"] for r in body["results"].values())
     assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] > 0
+    assert body["model_family"] == "clip"
 
 
 def test_upload_base64_and_url_give_the_same_scores(http, image_port):
@@ -197,12 +198,16 @@ def test_unknown_route_uses_the_error_body(http):
     assert_error(http.get("/v2/nothing"), 404, "not_found")
 
 
-def test_classifiers_health_and_docs(http):
+def test_classifiers_health_and_docs(http, tiny_clip_dir):
     catalog = http.get("/v1/classifiers").json()
+    info = catalog["model_info"]
+    assert catalog["model"] == info["checkpoint"] == tiny_clip_dir
+    assert (info["family"], info["architecture"], info["scoring"], info["preprocessing"]) == \
+        ("clip", "CLIPModel", "softmax", "crop")
     assert [c["name"] for c in catalog["classifiers"]] == list(BUILTIN_CLASSIFIERS)
     nudity = catalog["classifiers"][0]
     assert nudity["unsafe_labels"] == ["explicit"] and nudity["threshold"] == 0.5
-    assert http.get("/healthz").json()["status"] == "ok"
+    assert http.get("/healthz").json() == {"status": "ok", "model": tiny_clip_dir, "model_family": "clip"}
     assert http.get("/docs").status_code == 200
     spec = http.get("/openapi.json").json()
     body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
