@@ -86,11 +86,15 @@ def unavailable(model: str, exc: BaseException) -> ModelLoadError:
                           + HOW_TO_FIX.format(hub_id=hub_id))
 
 
-def unusable(model: str, why: str) -> ModelLoadError:
+FAMILY_HINT = (f"Supported: {SUPPORTED}, saved by transformers' save_pretrained or downloaded "
+               "from the hub.")
+DAMAGED_HINT = "Copy or download the checkpoint again (or save it again with save_pretrained)."
+
+
+def unusable(model: str, why: str, hint: str = FAMILY_HINT) -> ModelLoadError:
     """The files are there but are not a checkpoint this service can serve."""
-    return ModelLoadError(f"{_where(model)[0].upper()}{_where(model)[1:]} is not a supported "
-                          f"checkpoint: {why}. Supported: {SUPPORTED}, saved by transformers' "
-                          "save_pretrained or downloaded from the hub.")
+    where = _where(model)
+    return ModelLoadError(f"{where[0].upper()}{where[1:]} is not a supported checkpoint: {why}. {hint}")
 
 
 def load_config(model: str):
@@ -131,10 +135,10 @@ def check_weights(model: str) -> None:
         return  # a hub id: its weights are fetched (or found in the cache) by the replicas
     present = [name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not present:
-        raise unusable(model, f"it has no weights ({' or '.join(WEIGHT_FILES)})")
+        raise unusable(model, f"it has no weights ({' or '.join(WEIGHT_FILES)})", DAMAGED_HINT)
     shards = sorted(folder.glob("model*.safetensors"))
     if not shards and "model.safetensors.index.json" in present:
-        raise unusable(model, "model.safetensors.index.json names shards that are not there")
+        raise unusable(model, "model.safetensors.index.json names shards that are not there", DAMAGED_HINT)
     from safetensors import SafetensorError, safe_open
 
     for shard in shards:
@@ -142,7 +146,8 @@ def check_weights(model: str) -> None:
             with safe_open(str(shard), "pt"):
                 pass  # reads and checks the header against the file's length: cheap
         except (SafetensorError, OSError) as exc:
-            raise unusable(model, f"{shard.name} is damaged or truncated ({_first_line(exc)})") from None
+            raise unusable(model, f"{shard.name} is damaged or truncated ({_first_line(exc)})",
+                           DAMAGED_HINT) from None
 
 
 def load_image_processor(model: str):
@@ -213,9 +218,6 @@ def check_model_available(model: str) -> None:
     """Raise ``ModelLoadError`` unless the checkpoint can be served: its config names a
     supported family, its tokenizer and image processor load, and (for a local directory) its
     weights are there and whole. Cheap: small files and safetensors headers, no weights."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
     family_of(model, load_config(model))
     check_weights(model)
     image_spec_of(load_image_processor(model), model)

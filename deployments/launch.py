@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args, serve_args = parser.parse_known_args(argv)
     if args.new_api_key:
         return _print_new_key(args.new_api_key)
+    _quiet_hub_libraries()  # the check's answer is one line; their warnings would bury it
     try:
         app_args = args_of(args.config)
         model = app_args.model
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with own_haproxy_files():
         return cli.main(["run", args.config, *serve_args], prog_name="serve")
+
+
+def _quiet_hub_libraries() -> None:
+    """Errors only from huggingface_hub and transformers in this process (e.g. transformers
+    5.25 warns about its own default SigLIP text config on every SigLIP load)."""
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    hub_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()
 
 
 def _print_new_key(name: str) -> int:
