@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from classifiers.errors import ModerationError
 from classifiers.face_attributes import FACE_ATTRIBUTES
@@ -16,18 +16,19 @@ BUILTIN_CLASSIFIERS: dict[str, LabelSet] = {
 }
 
 
-def select_builtins(names: Iterable[str] | None) -> tuple[str, ...]:
-    """Names to run: all built-ins for ``None``, else the given ones in order, de-duplicated.
+def select_builtins(names: Iterable[str] | None, trained: Collection[str] = ()) -> tuple[str, ...]:
+    """Names to run: every built-in and every ``trained`` head for ``None``, else the given
+    ones in order, de-duplicated.
 
     Raises ``unknown_classifier`` naming every unknown name and the known ones.
     """
     if names is None:
-        return tuple(BUILTIN_CLASSIFIERS)
+        return (*BUILTIN_CLASSIFIERS, *sorted(trained))
     chosen = tuple(dict.fromkeys(names))
-    unknown = [n for n in chosen if n not in BUILTIN_CLASSIFIERS]
+    unknown = [n for n in chosen if n not in BUILTIN_CLASSIFIERS and n not in trained]
     if unknown:
         raise ModerationError(
             "unknown_classifier",
-            f"unknown classifier(s) {unknown}; known: {sorted(BUILTIN_CLASSIFIERS)}",
+            f"unknown classifier(s) {unknown}; known: {sorted(BUILTIN_CLASSIFIERS) + sorted(trained)}",
         )
     return chosen

@@ -110,8 +110,11 @@ class ClassifyResponse(BaseModel):
 
 
 class ClassifierInfo(BaseModel):
+    """One classifier: a built-in (zero-shot, kind `exclusive` or `attributes`) or a head
+    trained with `moderation train` (kind `trained`; `label_kind` says how its labels relate)."""
+
     name: str
-    kind: Literal["exclusive", "attributes"]
+    kind: Literal["exclusive", "attributes", "trained"]
     description: str
     labels: list[str]
     unsafe_labels: list[str]
@@ -119,7 +122,24 @@ class ClassifierInfo(BaseModel):
     temperature: float = Field(
         1.0, description="Calibration temperature applied to this classifier's logits (1 = none)."
     )
-    prompts: dict[str, list[str]]
+    prompts: dict[str, list[str]] = Field(default_factory=dict, description="Built-ins only.")
+    label_kind: Literal["exclusive", "attributes"] | None = Field(
+        None, description="Trained heads: one label per image (softmax) or a yes/no per label."
+    )
+    version: str | None = Field(None, description="Trained heads: the head file's content hash.")
+    trained_on: dict | None = Field(None, description="Trained heads: the model it was trained on.")
+    training: dict | None = Field(None, description="Trained heads: data set, image counts, settings.")
+    metrics: dict | None = Field(None, description="Trained heads: metrics on held-out images.")
+
+
+class HeadsStatus(BaseModel):
+    """The trained heads a model replica serves, from its heads directory."""
+
+    dir: str | None = None
+    version: str = Field(description="Changes whenever any served head does (`none`: no heads).")
+    poll_s: float = 0.0
+    loaded: dict[str, str] = Field(default_factory=dict, description="Head name to its version.")
+    refused: dict[str, str] = Field(default_factory=dict, description="Head file to why it is not served.")
 
 
 class ModelInfo(BaseModel):
@@ -151,6 +171,7 @@ class ClassifiersResponse(BaseModel):
     model: str
     model_info: ModelInfo | None = None
     classifiers: list[ClassifierInfo]
+    heads: HeadsStatus | None = None
 
 
 class HealthResponse(BaseModel):

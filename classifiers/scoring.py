@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from classifiers.heads import Head
+from classifiers.labels import LabelSet
 from classifiers.results import ClassifierResult
 
 
@@ -69,10 +70,23 @@ def score(
     ``embedding`` is one embedding, or one per frame ``(frames, dim)``: then each label's
     score and the unsafe score are the maximum over frames (one bad frame is enough).
     ``temperature`` is the classifier's calibration temperature (see ``label_scores``).
+    A head with weights of its own (``classifiers.trained.TrainedHead``) scores with them;
+    ``rule`` and ``temperature`` are for zero-shot heads.
     """
-    label_set = head.label_set
+    frames = np.atleast_2d(embedding)
+    own = getattr(head, "probabilities", None)
+    if own is not None:
+        per_frame = own(frames)
+    else:
+        per_frame = np.stack([label_scores(head, e, rule, temperature) for e in frames])
+    return decide(head.label_set, per_frame, threshold)
+
+
+def decide(label_set: LabelSet, per_frame: np.ndarray, threshold: float | None = None) -> ClassifierResult:
+    """The verdict from per-label scores ``(frames, labels)``: each label's maximum over frames,
+    the unsafe score (exclusive: summed unsafe probability; attributes: the largest unsafe
+    label) and ``flagged = unsafe_score >= threshold`` (the label set's own by default)."""
     threshold = label_set.threshold if threshold is None else threshold
-    per_frame = np.stack([label_scores(head, e, rule, temperature) for e in np.atleast_2d(embedding)])
     probs = per_frame.max(axis=0)
     names = label_set.label_names
     unsafe_idx = [names.index(u) for u in label_set.unsafe]

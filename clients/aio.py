@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 
-from classifiers.schemas import ClassifiersResponse, ClassifyResponse
+from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import RETRY_STATUSES, ImageInput, RetryPolicy, api_error, build_request, parse_response
 from clients.errors import ModerationConnectionError
 from clients.results import ManyResult
@@ -116,7 +116,16 @@ class AsyncModerationClient:
                 task.cancel()
 
     async def classifiers(self) -> ClassifiersResponse:
+        """The model, every classifier (``kind``: ``exclusive``, ``attributes`` or ``trained``)
+        and the trained heads' status."""
         status, content, headers = await self._send("GET", "/v1/classifiers")
         if status != 200:
             raise api_error(status, content, headers)
         return ClassifiersResponse.model_validate_json(content)
+
+    async def reload_heads(self) -> HeadsStatus:
+        """Ask the service to read its trained heads directory now (see ``ModerationClient``)."""
+        status, content, headers = await self._send("POST", "/v1/classifiers/reload")
+        if status != 200:
+            raise api_error(status, content, headers)
+        return HeadsStatus.model_validate_json(content)

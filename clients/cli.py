@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from clients import heads_cli
 from clients.core import is_url
 from clients.http import ModerationClient
 from clients.results import ManyResult
@@ -120,7 +121,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser("evaluate", add_help=False,  # parsed by evaluation.cli (see main)
                         help="measure a classifier's accuracy on a labelled image set "
                              "(moderation evaluate --help)")
+    commands.add_parser("train", add_help=False,  # parsed by evaluation.train_cli (see main)
+                        help="train a classifier from labelled images (moderation train --help)")
+    heads_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command != "classify":
+        return args
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if (args.unsafe_labels or args.threshold is not None) and not args.labels:
@@ -138,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.cli import main as evaluate
 
         return evaluate(argv[1:])
+    if argv[:1] == ["train"]:
+        from evaluation.train_cli import main as train
+
+        return train(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_CLEAN
+    if args.command == "heads":
+        return heads_cli.main(args)
     inputs = list(expand_inputs(args.inputs))
     if not inputs:
         print("moderation: no images found", file=sys.stderr)

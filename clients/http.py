@@ -8,7 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
 
-from classifiers.schemas import ClassifiersResponse, ClassifyResponse
+from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import RETRY_STATUSES, ImageInput, RetryPolicy, api_error, build_request, parse_response
 from clients.errors import ModerationConnectionError
 from clients.results import ManyResult
@@ -104,10 +104,20 @@ class ModerationClient:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def classifiers(self) -> ClassifiersResponse:
+        """The model, every classifier (``kind``: ``exclusive``, ``attributes`` or ``trained``)
+        and the trained heads' status."""
         response = self._send("GET", "/v1/classifiers")
         if response.status_code != 200:
             raise api_error(response.status_code, response.content, response.headers)
         return ClassifiersResponse.model_validate_json(response.content)
+
+    def reload_heads(self) -> HeadsStatus:
+        """Ask the service to read its trained heads directory now (needs an API key when
+        keys are configured); returns what it serves and which files it refused."""
+        response = self._send("POST", "/v1/classifiers/reload")
+        if response.status_code != 200:
+            raise api_error(response.status_code, response.content, response.headers)
+        return HeadsStatus.model_validate_json(response.content)
 
     def healthy(self) -> bool:
         try:

@@ -14,6 +14,7 @@ from ray import serve
 
 from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
+from classifiers.fingerprint import fingerprint
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import LabelSet, custom_label_set
 from classifiers.model import load_clip
@@ -22,6 +23,7 @@ from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
 from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, name_os_thread
+from deployments.head_registry import HeadRegistry
 from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
 
@@ -74,6 +76,10 @@ class ClipModel:
         )
         self.encoder = self.forward.encoder
         self.heads = self.forward.run_sync(self._builtin_heads)
+        # Trained heads must fit this model: the model's fingerprint is checked against each.
+        probes = self.forward.run_sync(fingerprint, self.encoder, settings.max_image_pixels)
+        self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
+                                    frozenset(BUILTIN_CLASSIFIERS), settings.heads_poll_s)
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
@@ -94,9 +100,17 @@ class ClipModel:
         deployment-level ``user_config`` in serve_config.yaml, even a partial one, is laid over
         them, and changing it reconfigures the running replicas without a restart.
         """
+        previous = self.runtime.heads_version
         self.runtime = RuntimeConfig.model_validate({**self.base_runtime.model_dump(), **user_config})
         self.embed.set_max_batch_size(self.runtime.max_batch_size)
         self.embed.set_batch_wait_timeout_s(self.runtime.batch_wait_timeout_s)
+        if self.runtime.heads_version != previous:
+            self.trained.reload()  # small files; Serve runs reconfigure before new requests
+
+    async def reload_heads(self) -> dict:
+        """Read the heads directory now (off the event loop); what this replica serves after."""
+        await asyncio.to_thread(self.trained.reload)
+        return self.trained.status()
 
     async def classify(
         self,
@@ -142,8 +156,9 @@ class ClipModel:
         unsafe_labels: Sequence[str],
         threshold: float | None,
     ) -> Classification:
-        names = select_builtins(classifiers)
-        heads = [self.heads[name] for name in names]
+        trained = self.trained.current.heads  # one set for the whole request, even mid-reload
+        names = select_builtins(classifiers, trained)
+        heads = [self.heads.get(name) or trained[name] for name in names]
         if labels:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
@@ -210,8 +225,8 @@ class ClipModel:
         return Head(label_set, matrix)
 
     def catalog(self) -> dict:
-        """The model that serves, and the built-in classifiers with their labels, prompts and
-        the thresholds in force."""
+        """The model that serves, the built-in classifiers with their labels, prompts and the
+        thresholds in force, and the trained heads with their held-out metrics."""
         return {
             "model": self.encoder.name,
             "model_info": self.encoder.info(),
@@ -224,7 +239,8 @@ class ClipModel:
                     "prompts": {label.name: list(label.prompts) for label in s.labels},
                 }
                 for s in BUILTIN_CLASSIFIERS.values()
-            ],
+            ] + [head.summary() for _, head in sorted(self.trained.current.heads.items())],
+            "heads": self.trained.status(),
         }
 
     def health(self) -> dict:
@@ -234,4 +250,5 @@ class ClipModel:
             "model_family": self.encoder.family.name,
             "replica": serve.get_replica_context().replica_id.unique_id,
             "custom_heads_cached": len(self.custom_heads),
+            "heads_version": self.trained.current.version,
         }

@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from classifiers.errors import ModerationError
 from classifiers.schemas import (
-    ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HealthResponse,
+    ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HeadsStatus, HealthResponse,
 )
 from deployments.auth import ApiKeyGate, Gatekeeper
 from deployments.metrics import IngressMetrics
@@ -102,6 +102,12 @@ class Ingress:
         """The model that serves (family, checkpoint, scoring) and the built-in classifiers:
         labels, unsafe labels, thresholds and prompts."""
         return ClassifiersResponse.model_validate(await self._call(self.model.catalog.remote()))
+
+    @app.post("/v1/classifiers/reload", response_model=HeadsStatus, responses=ERROR_RESPONSES)
+    async def reload_heads(self) -> HeadsStatus:
+        """Read the trained heads directory now on the replica that answers (the others notice
+        within `heads_poll_s`); says which heads it serves and which files it refused."""
+        return HeadsStatus.model_validate(await self._call(self.model.reload_heads.remote()))
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:

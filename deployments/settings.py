@@ -52,6 +52,10 @@ class RuntimeConfig(_Strict):
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per built-in classifier flag thresholds."
     )
+    heads_version: str | int | None = Field(
+        None, description="Any value; a new one makes every model replica read `heads_dir` again "
+        "at once (without it they notice changes within `heads_poll_s`).",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -86,6 +90,14 @@ class ModelSettings(_Strict):
     )
     custom_head_cache_size: int = Field(256, ge=1)
     decode_threads: int = Field(2, ge=1, le=64, description="Image decode threads per replica.")
+    heads_dir: str | None = Field(
+        None, description="A folder of trained heads (`moderation train`), each served as a "
+        "classifier; every model replica must be able to read it (a shared path on a cluster).",
+    )
+    heads_poll_s: float = Field(
+        2.0, ge=0, le=3600, description="How often each model replica looks for changed head "
+        "files (0: only on reload or a new `heads_version`).",
+    )
     calibration: str | None = Field(
         None, description="A calibration file from `moderation evaluate --calibrate` "
         "(per-classifier temperatures); every model replica must be able to read it.",

@@ -141,21 +141,27 @@ class InProcessBackend:
                 start += len(frames)
         return result
 
-    def score(self, label_set: LabelSet, embeddings: Sequence[np.ndarray], temperature: float = 1.0,
+    def score(self, classifier, embeddings: Sequence[np.ndarray], temperature: float = 1.0,
               threshold: float | None = None) -> Scored:
-        """Score embeddings with the service's head building and scoring."""
+        """Score embeddings with the service's scoring: ``classifier`` is a label set (zero-shot:
+        its prompts are encoded here, as a replica does) or a trained head
+        (``classifiers.trained.TrainedHead``, scored with its own weights)."""
         from classifiers.heads import build_head
         from classifiers.scoring import label_logits, score
 
-        head = build_head(label_set, self.encoder.encode_text)
+        head = build_head(classifier, self.encoder.encode_text) if isinstance(classifier, LabelSet) \
+            else classifier
+        label_set = head.label_set
         threshold = label_set.threshold if threshold is None else threshold
         rule = self.encoder.logits
         results = [score(head, e, rule, threshold, temperature) for e in embeddings]
         names = label_set.label_names
         logits = None
         if label_set.kind == "exclusive":  # the first frame's logits (what calibration fits)
-            logits = np.stack([label_logits(head, np.atleast_2d(e)[0], rule) for e in embeddings]) \
-                if len(embeddings) else np.zeros((0, len(names)))
+            first = [np.atleast_2d(e)[0] for e in embeddings]
+            logits = (np.stack([label_logits(head, e, rule) if isinstance(classifier, LabelSet)
+                                else head.weight @ e + head.bias for e in first])
+                      if first else np.zeros((0, len(names))))
         return Scored(
             label_set=label_set,
             probs=np.array([[r.scores[n] for n in names] for r in results]).reshape(-1, len(names)),

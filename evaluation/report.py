@@ -79,6 +79,52 @@ def _calibration(c: dict, applied: float) -> list[str]:
     return out
 
 
+def _training(report: dict) -> list[str]:
+    """What a training run did and what its head scores on the images it did not see."""
+    t = report["training"]
+    m = t["metrics"]
+    rule = t["threshold_rule"]
+    if rule["rule"] == "default":
+        how = "the default (no --target-precision/--target-recall)"
+    elif rule.get("unreachable"):
+        how = (f"the default: no threshold reached {rule['rule'].removeprefix('target_')} "
+               f"{rule['target']:g} on the training images")
+    else:
+        how = (f"the lowest reaching {rule['rule'].removeprefix('target_')} {rule['target']:g} on the "
+               "training images' out-of-fold scores")
+    out = [f"- Head `{t['name']}` ({t['kind']}, version `{t['version']}`) written to `{t['head_file']}`; "
+           f"started from {'`' + t['init'] + '`' if t['init'] else 'zero weights'}, L2 {t['l2']:g} "
+           "(chosen by out-of-fold log-loss).",
+           f"- Trained on {t['train_images']} images, measured on {t['heldout_images']} held-out images "
+           "(a fixed 20 % of each label, never seen in training); labels: "
+           + ", ".join(f"`{n}` ({c})" for n, c in t["label_counts"].items()) + ".",
+           f"- Held-out accuracy **{_f(m.get('accuracy'))}** (zero-shot on the same images: "
+           f"{_f(m.get('zero_shot_accuracy'))}).",
+           f"- Flag threshold **{rule['threshold']:.6g}**: {how}."]
+    if m.get("at_threshold"):
+        a = m["at_threshold"]
+        out.append(f"- Held out at that threshold: precision {_f(a['precision'])}, recall {_f(a['recall'])}, "
+                   f"false positive rate {_f(a['false_positive_rate'])}; ROC-AUC {_f(m.get('roc_auc'))}.")
+    return out
+
+
+def render_training(report: dict) -> list[str]:
+    """report.md of an attribute head: per-label and unsafe-view numbers on held-out images."""
+    m = report["training"]["metrics"]
+    out = [f"# Training: `{report['classifier']}` on `{report['dataset']}`", "", *_training(report), "",
+           "## Per label (held out)", "",
+           *_table(["label", "ROC-AUC", "average precision", "zero-shot ROC-AUC"],
+                   [[f"`{n}`", _f(v["roc_auc"]), _f(v["average_precision"]), _f(v["zero_shot_roc_auc"])]
+                    for n, v in m["per_label"].items()]), ""]
+    for name in ("pr_curve", "score_histogram"):
+        if name in report["plots"]:
+            out += [f"![{name}]({report['plots'][name]})", ""]
+    if report["failed"]:
+        out += [f"## Images not used ({len(report['failed'])})", ""]
+        out += [f"- `{f['source']}`: {f['error']}" for f in report["failed"][:50]]
+    return out
+
+
 def render_markdown(report: dict) -> str:
     base = report["variants"]["baseline"]
     where = (f"in-process, model `{report['model']}`" if report["mode"] == "in-process"
@@ -87,8 +133,12 @@ def render_markdown(report: dict) -> str:
     cache_line = (f"{cache['images_encoded']} images encoded, {cache['images_from_cache']} from the cache"
                   if report["mode"] == "in-process"
                   else f"{cache['requests_sent']} requests sent, {cache['answers_from_cache']} answers from the cache")
-    out = [f"# Evaluation: `{report['classifier']}` on `{report['dataset']}`", "",
-           f"- Scored {report['scored']} of {report['samples']} images ({where}); {cache_line}.",
+    training = report.get("training")
+    out = [f"# {'Training' if training else 'Evaluation'}: `{report['classifier']}` on `{report['dataset']}`", ""]
+    if training:
+        out += [*_training(report), "", "The numbers below are the held-out images, scored by the saved head "
+                "through the service's own scoring (`baseline`) and zero-shot (`zero-shot`).", ""]
+    out += [f"- Scored {report['scored']} of {report['samples']} images ({where}); {cache_line}.",
            "- Labels: " + ", ".join(f"`{n}` ({c})" for n, c in report["label_counts"].items()) + ".",
            (f"- Accuracy (top label): **{_f(base['accuracy'])}**; macro F1: **{_f(base['macro']['f1'])}**; "
             f"top-label ECE: {_f(base['top_label_ece'])}.")]
@@ -112,7 +162,7 @@ def render_markdown(report: dict) -> str:
             rows.append([f"`{name}`" + (" **(wins)**" if name == report["winner"] else ""),
                          _f(v["macro"]["f1"]), _f(v["accuracy"]), _f(binary.get("roc_auc")),
                          _f(binary.get("average_precision")), len(v["templates"])])
-        out += ["## Prompt variants", "",
+        out += ["## Trained head vs zero-shot" if training else "## Prompt variants", "",
                 "Same images, same cached embeddings; ranked by macro F1, then ROC-AUC.", "", *_table(["variant", "macro F1", "accuracy", "ROC-AUC", "AP", "templates"], rows), ""]
     if report.get("calibration"):
         out += _calibration(report["calibration"], report.get("temperature_applied", 1.0))

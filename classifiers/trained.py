@@ -1,0 +1,248 @@
+"""Trained heads: linear classifiers on a model's image embeddings, and their files.
+
+A head file is one safetensors file, ``NAME.head.safetensors``: tensors ``weight`` (labels x
+dim), ``bias`` (labels) and ``fingerprint`` (the model's embeddings of the probe images,
+``classifiers.fingerprint``), and in its metadata one JSON document (key ``moderation_head``):
+name, kind, labels, unsafe labels, threshold, the model it was trained on, training counts and
+held-out metrics. One file is written whole (temporary file, then rename), so a replica that
+reloads while a head is being written sees the old file or the new one, never half of one.
+
+Scoring: ``z = weight @ embedding + bias``; an exclusive head takes a softmax over ``z``, an
+attribute head a sigmoid per label. The decision (unsafe score, threshold, flagged) is the
+built-ins' own (``classifiers.scoring.decide``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classifiers.fingerprint import MIN_COSINE, similarity
+from classifiers.labels import Label, LabelSet
+from classifiers.scoring import sigmoid, softmax
+
+FORMAT = "moderation-head/1"
+SUFFIX = ".head.safetensors"
+META_KEY = "moderation_head"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+RESERVED_NAMES = frozenset({"custom"})
+
+
+class HeadError(ValueError):
+    """A head file that cannot be served; the message says which file and why, in one line."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedHead:
+    """A label set with trained weights over one model's image embeddings."""
+
+    label_set: LabelSet
+    weight: np.ndarray  # (labels, dim) float32
+    bias: np.ndarray  # (labels,) float32
+    fingerprint: np.ndarray  # (probes, dim) float32: the training model's probe embeddings
+    meta: dict = field(default_factory=dict)  # the file's JSON document (see module doc)
+    version: str = ""  # the first 12 hex digits of the file's SHA-256; "" before it is saved
+
+    @property
+    def name(self) -> str:
+        return self.label_set.name
+
+    @property
+    def dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per-label scores for each row of ``embeddings`` (``(frames, dim)``, normalised)."""
+        z = np.atleast_2d(np.asarray(embeddings, np.float32)) @ self.weight.T + self.bias
+        if self.label_set.kind == "exclusive":
+            return np.apply_along_axis(softmax, 1, z)
+        return sigmoid(z)
+
+    def check_model(self, fingerprint: np.ndarray, model: str) -> None:
+        """Raise ``HeadError`` unless ``fingerprint`` (the serving model's) matches this head's."""
+        trained_on = self.meta.get("model", {}).get("checkpoint", "?")
+        if fingerprint.shape[1] != self.dim:
+            raise HeadError(f"head {self.name!r} was trained on {trained_on!r} ({self.dim}-d "
+                            f"embeddings); this service's model {model!r} has {fingerprint.shape[1]}-d "
+                            "embeddings: train it again with this model")
+        cosine = similarity(self.fingerprint, fingerprint)
+        if cosine < MIN_COSINE:
+            raise HeadError(f"head {self.name!r} was trained on {trained_on!r}, whose image "
+                            f"embeddings differ from those of this service's model {model!r} (probe "
+                            f"cosine {cosine:.3f} < {MIN_COSINE}): train it again with this model")
+
+    def summary(self) -> dict:
+        """What ``GET /v1/classifiers`` and ``moderation heads list`` show (plain types)."""
+        meta = self.meta
+        return {
+            "name": self.name, "kind": "trained", "label_kind": self.label_set.kind,
+            "description": self.label_set.description, "labels": list(self.label_set.label_names),
+            "unsafe_labels": list(self.label_set.unsafe), "threshold": self.label_set.threshold,
+            "version": self.version, "trained_on": meta.get("model", {}),
+            "training": meta.get("training", {}), "metrics": meta.get("metrics", {}),
+        }
+
+
+def build_label_set(name: str, kind: str, labels: list[str], unsafe: list[str], threshold: float,
+                    description: str = "") -> LabelSet:
+    """The label set of a trained head (its labels have no prompts of their own to encode)."""
+    check_name(name)
+    return LabelSet(
+        name=name, kind=kind,  # type: ignore[arg-type]
+        labels=tuple(Label(str(n), (str(n),), (f"no {n}",) if kind == "attributes" else ())
+                     for n in labels),
+        unsafe=tuple(unsafe), threshold=threshold, description=description,
+    )
+
+
+def check_name(name: str, builtins: frozenset[str] | set[str] = frozenset()) -> None:
+    if not NAME_PATTERN.match(name or ""):
+        raise HeadError(f"head name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with a "
+                        "letter or digit")
+    if name in RESERVED_NAMES or name in builtins:
+        raise HeadError(f"head name {name!r} is taken by a built-in classifier; choose another")
+
+
+def head_path(heads_dir: str | Path, name: str) -> Path:
+    return Path(heads_dir).expanduser() / f"{name}{SUFFIX}"
+
+
+def save_head(head: TrainedHead, path: str | Path) -> TrainedHead:
+    """Write ``head`` to ``path`` atomically; returns it with its ``version`` set."""
+    from safetensors.numpy import save
+
+    path = Path(path).expanduser()
+    label_set = head.label_set
+    doc = {**head.meta, "format": FORMAT, "name": label_set.name, "kind": label_set.kind,
+           "labels": list(label_set.label_names), "unsafe_labels": list(label_set.unsafe),
+           "threshold": label_set.threshold, "description": label_set.description}
+    data = save({"weight": np.ascontiguousarray(head.weight, np.float32),
+                 "bias": np.ascontiguousarray(head.bias, np.float32),
+                 "fingerprint": np.ascontiguousarray(head.fingerprint, np.float32)},
+                metadata={META_KEY: json.dumps(doc, sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return TrainedHead(label_set, head.weight, head.bias, head.fingerprint, doc, _version(data))
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def load_head(path: str | Path, builtins: frozenset[str] | set[str] = frozenset()) -> TrainedHead:
+    """Read and check one head file; raises ``HeadError`` saying what is wrong with it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path).expanduser()
+    where = path.name
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except OSError as exc:
+        raise HeadError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+        raise HeadError(f"{where}: not a whole safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    try:
+        doc = json.loads(metadata[META_KEY])
+        if doc.get("format") != FORMAT:
+            raise HeadError(f"{where}: format {doc.get('format')!r}, expected {FORMAT!r}")
+        weight, bias, fp = (np.asarray(tensors[k], np.float32) for k in ("weight", "bias", "fingerprint"))
+    except HeadError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise HeadError(f"{where}: not a head file (no {META_KEY!r} metadata with weight, bias and "
+                        "fingerprint tensors); write heads with `moderation train`") from None
+    name = str(doc.get("name"))
+    if not path.name.endswith(SUFFIX) or path.name[: -len(SUFFIX)] != name:
+        raise HeadError(f"{where}: holds head {name!r}; name the file {name}{SUFFIX}")
+    try:
+        check_name(name, builtins)
+        label_set = build_label_set(name, doc.get("kind"), list(doc.get("labels") or []),
+                                    list(doc.get("unsafe_labels") or []), float(doc.get("threshold", 0.5)),
+                                    str(doc.get("description", "")))
+    except (HeadError, ValueError, TypeError) as exc:
+        raise HeadError(f"{where}: bad label set: {exc}") from None
+    n = len(label_set.labels)
+    if weight.ndim != 2 or weight.shape[0] != n or bias.shape != (n,) or fp.ndim != 2 \
+            or fp.shape[1] != weight.shape[1]:
+        raise HeadError(f"{where}: weight {weight.shape}, bias {bias.shape} and fingerprint {fp.shape} "
+                        f"do not fit {n} labels")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all() and np.isfinite(fp).all()):
+        raise HeadError(f"{where}: weights are not finite numbers")
+    return TrainedHead(label_set, weight, bias, fp, doc, _version(data))
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """The heads a directory held when it was read: the ones that load, the refused files
+    with why, and a version that changes whenever any head does."""
+
+    heads: dict[str, TrainedHead] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # file name -> reason
+
+    @property
+    def version(self) -> str:
+        if not self.heads:
+            return "none"
+        joined = ";".join(f"{n}={h.version}" for n, h in sorted(self.heads.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def directory_signature(heads_dir: str | Path | None) -> tuple:
+    """Names, sizes and modification times of the head files: cheap to poll for changes."""
+    if not heads_dir:
+        return ()
+    folder = Path(heads_dir).expanduser()
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+    except OSError:
+        return ("unreadable",)
+    out = []
+    for path in entries:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed while we looked
+        out.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def load_heads_dir(heads_dir: str | Path | None, fingerprint: np.ndarray, model: str,
+                   builtins: frozenset[str] | set[str] = frozenset()) -> HeadSet:
+    """Every ``*.head.safetensors`` in ``heads_dir`` that loads and fits the serving model
+    (its ``fingerprint``); the others are refused with a reason, never raised."""
+    if not heads_dir:
+        return HeadSet()
+    folder = Path(heads_dir).expanduser()
+    if not folder.is_dir():
+        return HeadSet(refused={str(folder): "the heads directory does not exist"})
+    heads: dict[str, TrainedHead] = {}
+    refused: dict[str, str] = {}
+    for path in sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX)):
+        try:
+            head = load_head(path, builtins)
+            head.check_model(fingerprint, model)
+        except HeadError as exc:
+            refused[path.name] = str(exc)
+            continue
+        heads[head.name] = head
+    return HeadSet(heads, refused)
