@@ -38,7 +38,8 @@ def _targets(y: np.ndarray, exclusive: bool):
 
 def fit_linear(x: np.ndarray, y: np.ndarray, exclusive: bool, l2: float,
                prior: tuple[np.ndarray, np.ndarray] | None = None, labels: int | None = None) -> LinearFit:
-    """Minimise mean cross-entropy + ``l2``/2 x ||W - W_prior||^2 over the weights.
+    """Minimise mean cross-entropy + ``l2``/2 x ||W - W_prior||^2 over the weights (and, with
+    a ``prior``, + ``l2``/2 x ||b - b_prior||^2: without one the bias is free, as usual).
 
     ``x``: (n, dim) embeddings. ``y``: class indices (exclusive) or a 0/1 matrix (n, labels)
     (attributes). Features are scaled by sqrt(dim) while fitting so that one ``l2`` grid suits
@@ -66,6 +67,8 @@ def fit_linear(x: np.ndarray, y: np.ndarray, exclusive: bool, l2: float,
     def closure():
         optimiser.zero_grad()
         loss = loss_fn(features @ weight.T + bias, target) + 0.5 * l2 * ((weight - w0) ** 2).sum()
+        if prior is not None:  # held towards the zero-shot classifier, its bias included
+            loss = loss + 0.5 * l2 * ((bias - b0) ** 2).sum()
         loss.backward()
         return loss
 

@@ -256,8 +256,8 @@ def _metrics(label_set: LabelSet, y: np.ndarray, trained: Scored, zero_shot: Sco
         positives, _ = view
         out.update(roc_auc=_r(metrics.roc_auc(positives, trained.unsafe)),
                    average_precision=_r(metrics.average_precision(positives, trained.unsafe)),
-                   at_threshold={k: (round(v, 4) if isinstance(v, float) else v) for k, v in
-                                 metrics.at_threshold(positives, trained.unsafe, label_set.threshold).items()})
+                   at_threshold={k: (round(v, 4) if isinstance(v, float) and k != "threshold" else v) for k, v
+                                 in metrics.at_threshold(positives, trained.unsafe, label_set.threshold).items()})
     return out
 
 
