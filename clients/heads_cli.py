@@ -77,7 +77,8 @@ def _print(heads: list[dict], refused: dict[str, str], as_json: bool, out) -> No
         console.print(f"[yellow]refused[/] {escape(name)}: {escape(why)}")
 
 
-def main(args: argparse.Namespace, out=sys.stdout) -> int:
+def main(args: argparse.Namespace, out=None) -> int:
+    out = out or sys.stdout
     from clients.errors import ModerationAPIError, ModerationConnectionError
 
     try:

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from classifiers.errors import ModerationError
 from classifiers.labels import custom_label_set
 from classifiers.registry import select_builtins
+from classifiers.trained import NAME_PATTERN
 from classifiers.schemas import ClassifyJsonRequest, ClassifyOptions
 
 MULTIPART_OVERHEAD = 64 * 1024  # room for form fields and boundaries around the file
@@ -41,7 +42,10 @@ def _validation_message(exc: ValidationError) -> str:
 
 def _model_kwargs(options: ClassifyOptions) -> dict:
     """Validate what to run before any fetch or model call, and shape it for the model."""
-    select_builtins(options.classifiers)
+    # Trained heads come and go with the model replicas' heads directory: here only a name that
+    # no head could have is refused; the replica checks the rest against the heads it serves.
+    could_be_heads = [n for n in options.classifiers or () if NAME_PATTERN.match(n)]
+    select_builtins(options.classifiers, could_be_heads)
     if options.labels:
         custom_label_set(options.labels, options.unsafe_labels, options.threshold or 0.5)
     return {
