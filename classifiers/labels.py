@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from classifiers.errors import ModerationError
@@ -76,9 +77,14 @@ class LabelSet:
         if problems:
             raise ValueError(f"label set {self.name!r}: " + "; ".join(problems))
 
-    @property
+    @cached_property
     def label_names(self) -> tuple[str, ...]:
         return tuple(label.name for label in self.labels)
+
+    @cached_property
+    def unsafe_indices(self) -> tuple[int, ...]:
+        """Positions of the unsafe labels among ``label_names``."""
+        return tuple(self.label_names.index(u) for u in self.unsafe)
 
 
 def _clean(text: str) -> str:

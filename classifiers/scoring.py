@@ -28,8 +28,9 @@ class LogitRule:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
+    """Over the last axis (one row of logits, or one per row)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -70,40 +71,39 @@ def score(
     ``embedding`` is one embedding, or one per frame ``(frames, dim)``: then each label's
     score and the unsafe score are the maximum over frames (one bad frame is enough).
     ``temperature`` is the classifier's calibration temperature (see ``label_scores``).
-    A head with weights of its own (``classifiers.trained.TrainedHead``) scores with them;
-    ``rule`` and ``temperature`` are for zero-shot heads.
+    (Trained heads score through ``classifiers.trained.HeadStack``.)
     """
-    frames = np.atleast_2d(embedding)
-    own = getattr(head, "probabilities", None)
-    if own is not None:
-        per_frame = own(frames)
-    else:
-        per_frame = np.stack([label_scores(head, e, rule, temperature) for e in frames])
+    per_frame = np.stack([label_scores(head, e, rule, temperature) for e in np.atleast_2d(embedding)])
     return decide(head.label_set, per_frame, threshold)
 
 
-def decide(label_set: LabelSet, per_frame: np.ndarray, threshold: float | None = None) -> ClassifierResult:
-    """The verdict from per-label scores ``(frames, labels)``: each label's maximum over frames,
-    the unsafe score (exclusive: summed unsafe probability; attributes: the largest unsafe
-    label) and ``flagged = unsafe_score >= threshold`` (the label set's own by default)."""
+def decide(label_set: LabelSet, per_frame: np.ndarray | list[list[float]],
+           threshold: float | None = None, rounded: bool = False) -> ClassifierResult:
+    """The verdict from per-label scores ``(frames, labels)`` (an array or lists): each label's
+    maximum over frames, the unsafe score (exclusive: summed unsafe probability; attributes: the largest unsafe
+    label) and ``flagged = unsafe_score >= threshold`` (the label set's own by default).
+    ``rounded``: the scores are already rounded to the 6 decimals the caller sees."""
     threshold = label_set.threshold if threshold is None else threshold
-    probs = per_frame.max(axis=0)
+    # Plain floats from here: a classifier has a handful of labels, where numpy's per-call
+    # overhead would cost more than the arithmetic (this runs per classifier per image).
+    rows = per_frame.tolist() if isinstance(per_frame, np.ndarray) else per_frame
+    probs = rows[0] if len(rows) == 1 else [max(column) for column in zip(*rows)]
     names = label_set.label_names
-    unsafe_idx = [names.index(u) for u in label_set.unsafe]
+    unsafe_idx = label_set.unsafe_indices
     if not unsafe_idx:
         unsafe_score = 0.0
     elif label_set.kind == "exclusive":
-        unsafe_score = float(per_frame[:, unsafe_idx].sum(axis=1).max())
+        unsafe_score = max(sum(row[i] for i in unsafe_idx) for row in rows)
     else:
-        unsafe_score = float(per_frame[:, unsafe_idx].max())
+        unsafe_score = max(row[i] for row in rows for i in unsafe_idx)
     unsafe_score = round(unsafe_score, 6)  # decide on the value the caller sees
-    top = int(np.argmax(probs))
+    top = max(range(len(probs)), key=probs.__getitem__)
     return ClassifierResult(
         name=label_set.name,
         kind=label_set.kind,
-        scores={n: round(float(p), 6) for n, p in zip(names, probs)},
+        scores=dict(zip(names, probs)) if rounded else {n: round(p, 6) for n, p in zip(names, probs)},
         top_label=names[top],
-        top_score=round(float(probs[top]), 6),
+        top_score=probs[top] if rounded else round(probs[top], 6),
         unsafe_labels=label_set.unsafe,
         unsafe_score=unsafe_score,
         threshold=threshold,

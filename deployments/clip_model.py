@@ -16,7 +16,7 @@ from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
 from classifiers.fingerprint import fingerprint
 from classifiers.heads import Head, HeadCache, build_head
-from classifiers.labels import LabelSet, custom_label_set
+from classifiers.labels import CUSTOM_NAME, LabelSet, custom_label_set
 from classifiers.model import load_clip
 from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
@@ -156,9 +156,9 @@ class ClipModel:
         unsafe_labels: Sequence[str],
         threshold: float | None,
     ) -> Classification:
-        trained = self.trained.current.heads  # one set for the whole request, even mid-reload
-        names = select_builtins(classifiers, trained)
-        heads = [self.heads.get(name) or trained[name] for name in names]
+        trained = self.trained.current  # one set for the whole request, even mid-reload
+        names = select_builtins(classifiers, trained.heads)
+        heads = [self.heads[name] for name in names if name in self.heads]
         if labels:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
@@ -178,14 +178,15 @@ class ClipModel:
         embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
+        results = {head.label_set.name: score(head, embedding, self.encoder.logits,
+                                              thresholds.get(head.label_set.name),
+                                              self.temperatures.get(head.label_set.name, 1.0))
+                   for head in heads}
+        results.update(trained.stack.score([n for n in names if n in trained.heads], embedding, thresholds))
         return Classification(
             model=self.encoder.name,
             model_family=self.encoder.family.name,
-            results=tuple(
-                score(head, embedding, self.encoder.logits, thresholds.get(head.label_set.name),
-                      self.temperatures.get(head.label_set.name, 1.0))
-                for head in heads
-            ),
+            results=tuple(results[name] for name in (*names, *([CUSTOM_NAME] if labels else []))),
             decode_ms=round((decoded - start) * 1000, 2),
             inference_ms=round((done - decoded) * 1000, 2),
             batch_size=max(size for _, size in embedded),

@@ -148,18 +148,23 @@ class InProcessBackend:
         (``classifiers.trained.TrainedHead``, scored with its own weights)."""
         from classifiers.heads import build_head
         from classifiers.scoring import label_logits, score
+        from classifiers.trained import HeadStack
 
-        head = build_head(classifier, self.encoder.encode_text) if isinstance(classifier, LabelSet) \
-            else classifier
+        zero_shot = isinstance(classifier, LabelSet)
+        head = build_head(classifier, self.encoder.encode_text) if zero_shot else classifier
         label_set = head.label_set
         threshold = label_set.threshold if threshold is None else threshold
         rule = self.encoder.logits
-        results = [score(head, e, rule, threshold, temperature) for e in embeddings]
+        if zero_shot:
+            results = [score(head, e, rule, threshold, temperature) for e in embeddings]
+        else:
+            stack, name = HeadStack({label_set.name: head}), label_set.name
+            results = [stack.score([name], e, {name: threshold})[name] for e in embeddings]
         names = label_set.label_names
         logits = None
         if label_set.kind == "exclusive":  # the first frame's logits (what calibration fits)
             first = [np.atleast_2d(e)[0] for e in embeddings]
-            logits = (np.stack([label_logits(head, e, rule) if isinstance(classifier, LabelSet)
+            logits = (np.stack([label_logits(head, e, rule) if zero_shot
                                 else head.weight @ e + head.bias for e in first])
                       if first else np.zeros((0, len(names))))
         return Scored(

@@ -17,7 +17,7 @@ from classifiers.random_checkpoint import build_random_checkpoint
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.scoring import score
 from classifiers.trained import (
-    HeadError, TrainedHead, build_label_set, head_path, load_head, load_heads_dir, save_head,
+    HeadError, HeadStack, TrainedHead, build_label_set, head_path, load_head, load_heads_dir, save_head,
 )
 from deployments.head_registry import HeadRegistry
 from evaluation.dataset import Sample, load_samples
@@ -84,7 +84,7 @@ def test_attribute_heads_learn_each_label_on_its_own(encoder, colours, tmp_path)
     assert all(v["roc_auc"] >= 0.95 for v in per_label.values())
     head = load_head(tmp_path / "tint.head.safetensors")
     assert head.label_set.kind == "attributes"
-    red = score(head, fingerprint(encoder)[0], encoder.logits)
+    red = HeadStack({"tint": head}).score(["tint"], fingerprint(encoder)[0])["tint"]
     assert 0 <= red.scores["red"] <= 1 and set(red.scores) == {"blue", "red"}
     assert (tmp_path / "report" / "report.md").read_text().startswith("# Training: `tint`")
 
@@ -126,7 +126,10 @@ def test_a_head_file_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded.weight, head.weight)
     np.testing.assert_array_equal(loaded.fingerprint, head.fingerprint)
     e = np.ones(8, np.float32) / np.sqrt(8)
-    assert score(loaded, e, None).scores == score(head, e, None).scores
+    z = head.weight @ e + head.bias
+    result = HeadStack({"policy": loaded}).score(["policy"], e)["policy"]
+    assert list(result.scores.values()) == pytest.approx(np.exp(z) / np.exp(z).sum(), abs=1e-6)
+    assert result.unsafe_score == result.scores["bad"] and result.flagged == (result.scores["bad"] >= 0.7)
     assert loaded.meta["metrics"] == {"accuracy": 0.9} and loaded.summary()["kind"] == "trained"
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
@@ -205,3 +208,26 @@ def test_a_missing_heads_dir_is_reported_not_fatal(tmp_path):
     heads = load_heads_dir(tmp_path / "nope", np.ones((8, 4), np.float32), "m")
     assert not heads.heads and "does not exist" in next(iter(heads.refused.values()))
     assert load_heads_dir(None, np.ones((8, 4)), "m").version == "none"
+
+
+def test_a_stack_scores_each_head_as_a_numpy_reference_does():
+    rng = np.random.default_rng(3)
+    heads = {"a": _head(name="a", seed=1),
+             "b": replace(_head(name="b", seed=2), label_set=build_label_set("b", "attributes", ["x", "y", "z"],
+                                                                                  ["y"], 0.6)),
+             "c": _head(name="c", seed=3, labels=("p", "q", "r", "s"), unsafe=("q", "r"))}
+    heads["b"] = replace(heads["b"], weight=rng.normal(size=(3, 8)).astype(np.float32),
+                         bias=rng.normal(size=3).astype(np.float32))
+    frames = rng.normal(size=(3, 8)).astype(np.float32)  # an animation: three frames
+    results = HeadStack(heads).score(["c", "a", "b"], frames)
+    assert list(results) == ["c", "a", "b"]
+    for name, head in heads.items():
+        z = frames @ head.weight.T + head.bias
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True) if head.label_set.kind == "exclusive" \
+            else 1 / (1 + np.exp(-z))
+        idx = list(head.label_set.unsafe_indices)
+        unsafe = (p[:, idx].sum(axis=1) if head.label_set.kind == "exclusive" else p[:, idx].max(axis=1)).max()
+        assert list(results[name].scores.values()) == pytest.approx(p.max(axis=0), abs=1e-6)
+        assert results[name].unsafe_score == pytest.approx(unsafe, abs=1e-6)
+        assert results[name].flagged == (results[name].unsafe_score >= head.label_set.threshold)
+    assert HeadStack(heads).score(["a"], frames[0], {"a": 0.01})["a"].threshold == 0.01
