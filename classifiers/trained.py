@@ -66,12 +66,12 @@ class TrainedHead:
         trained_on = self.meta.get("model", {}).get("checkpoint", "?")
         if fingerprint.shape[1] != self.dim:
             raise HeadError(f"head {self.name!r} was trained on {trained_on!r} ({self.dim}-d "
-                            f"embeddings); this service's model {model!r} has {fingerprint.shape[1]}-d "
+                            f"embeddings); the model here, {model!r}, has {fingerprint.shape[1]}-d "
                             "embeddings: train it again with this model")
         cosine = similarity(self.fingerprint, fingerprint)
         if cosine < MIN_COSINE:
             raise HeadError(f"head {self.name!r} was trained on {trained_on!r}, whose image "
-                            f"embeddings differ from those of this service's model {model!r} (probe "
+                            f"embeddings differ from those of the model here, {model!r} (probe "
                             f"cosine {cosine:.3f} < {MIN_COSINE}): train it again with this model")
 
     def summary(self) -> dict:

@@ -13,8 +13,8 @@ from deployments.settings import AppArgs
 def build_app(args: AppArgs) -> Application:
     """Bind Ingress → (ImageFetcher, ClipModel), each with its slice of the settings.
 
-    Serve validates ``args`` from serve_config.yaml against ``AppArgs``. MODERATION_MODEL and
-    MODERATION_DEVICE override ``model`` and ``device`` when set.
+    Serve validates ``args`` from serve_config.yaml against ``AppArgs``. MODERATION_MODEL,
+    MODERATION_DEVICE and MODERATION_HEADS_DIR override ``model``, ``device`` and ``heads_dir``.
     """
     args = args.with_env(os.environ)
     runtime = args.runtime_config()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderation-serve: cannot read {args.config}: {exc}", file=sys.stderr)
         return 2
     print(f"moderation-serve: model {model} is available", file=sys.stderr)
+    if app_args.heads_dir:
+        _report_heads(app_args.heads_dir)
     if args.check_only:
         return 0
     # Before Ray starts: the local cluster `serve run` starts takes its processes' environment
@@ -62,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with own_haproxy_files():
         return cli.main(["run", args.config, *serve_args], prog_name="serve")
+
+
+def _report_heads(heads_dir: str) -> None:
+    """Say which head files the replicas will find (each is checked against the model there).
+    A relative MODERATION_HEADS_DIR is made absolute: replicas do not share this directory."""
+    from classifiers.trained import SUFFIX
+
+    folder = Path(heads_dir).expanduser().resolve()
+    if os.environ.get("MODERATION_HEADS_DIR"):
+        os.environ["MODERATION_HEADS_DIR"] = str(folder)
+    names = sorted(p.name.removesuffix(SUFFIX) for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    where = "" if folder.is_dir() else " (not there yet: heads added later are picked up)"
+    print(f"moderation-serve: heads_dir {folder}{where}: {', '.join(names) or 'no heads'}", file=sys.stderr)
 
 
 def _quiet_hub_libraries() -> None:

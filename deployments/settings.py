@@ -12,7 +12,8 @@ from classifiers.registry import BUILTIN_CLASSIFIERS
 from deployments.forward import MAX_LANES
 
 
-ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device"}
+ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device",
+                 "MODERATION_HEADS_DIR": "heads_dir"}
 
 
 class _Strict(BaseModel):
@@ -184,14 +185,15 @@ class IngressSettings(_Strict):
 class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
     """Everything ``args:`` in serve_config.yaml may set, flat; each deployment gets its slice.
 
-    Env MODERATION_MODEL and MODERATION_DEVICE, when set, override ``model`` and ``device``
+    Env MODERATION_MODEL, MODERATION_DEVICE and MODERATION_HEADS_DIR, when set, override
+    ``model``, ``device`` and ``heads_dir``
     (read by the app builder, never at import time).
     """
 
     fetch: FetchSettings = FetchSettings()
 
     def with_env(self, environ: Mapping[str, str]) -> "AppArgs":
-        """These args with MODERATION_MODEL / MODERATION_DEVICE from ``environ`` laid over."""
+        """These args with the ``ENV_OVERRIDES`` variables in ``environ`` laid over."""
         overrides = {field: environ[var] for var, field in ENV_OVERRIDES.items() if environ.get(var)}
         return AppArgs.model_validate({**self.model_dump(), **overrides}) if overrides else self
 

@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="folder per class, or a .csv / .jsonl of path_or_url,label")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--classifier", "-c", help="a built-in classifier (an exclusive one)")
+    which.add_argument("--classifier", "-c", help="a built-in classifier (an exclusive one), or with --server "
+                       "any classifier the server serves, trained heads included")
+    which.add_argument("--head", metavar="FILE", help="a trained head file (`moderation train`), in-process")
     which.add_argument("--labels", help='custom labels, comma-separated: "a cat,a dog"')
     parser.add_argument("--unsafe-labels", help="which custom labels count as unsafe (binary view)")
     parser.add_argument("--map", action="append", default=[], metavar="DATASET_LABEL=LABEL",
@@ -61,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.unsafe_labels and not args.labels:
         parser.error("--unsafe-labels applies to --labels")
+    if args.head and (args.server or args.variants or args.calibrate or args.calibration):
+        parser.error("--head scores a head file in-process: leave out --server, --variants and calibration")
     if args.server and (args.variants or args.calibrate or args.calibration):
         parser.error("--variants, --calibrate and --calibration need embeddings: run in-process "
                      "(a server returns scores only)")
@@ -75,7 +79,7 @@ def _split(text: str | None) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()] if text else []
 
 
-def _label_set(args: argparse.Namespace):
+def _label_set(args: argparse.Namespace, client=None):
     from classifiers.labels import custom_label_set
     from classifiers.registry import BUILTIN_CLASSIFIERS
     from evaluation.dataset import DatasetError
@@ -83,13 +87,46 @@ def _label_set(args: argparse.Namespace):
     if args.labels:
         return custom_label_set(_split(args.labels), _split(args.unsafe_labels),
                                 0.5 if args.threshold is None else args.threshold)
+    if args.head:
+        return _head(args.head).label_set
+    if args.classifier not in BUILTIN_CLASSIFIERS and client is not None:
+        return _served_label_set(client, args.classifier)
     if args.classifier not in BUILTIN_CLASSIFIERS:
-        raise DatasetError(f"unknown classifier {args.classifier!r}; known: {sorted(BUILTIN_CLASSIFIERS)}")
+        raise DatasetError(f"unknown classifier {args.classifier!r}; known: {sorted(BUILTIN_CLASSIFIERS)} "
+                           "(a trained head: --head FILE, or --server URL of a service that serves it)")
     label_set = BUILTIN_CLASSIFIERS[args.classifier]
     if label_set.kind != "exclusive":
         raise DatasetError(f"{label_set.name} scores each attribute on its own (several may hold per "
                            "image); evaluate exclusive classifiers, or its attributes as --labels")
     return label_set
+
+
+def _head(path: str):
+    from classifiers.trained import HeadError, load_head
+    from evaluation.dataset import DatasetError
+
+    try:
+        head = load_head(path)
+    except HeadError as exc:
+        raise DatasetError(str(exc)) from None
+    if head.label_set.kind != "exclusive":
+        raise DatasetError(f"{head.name} is an attribute head: its report from `moderation train` measures "
+                           "each label on held-out images; evaluate exclusive heads here")
+    return head
+
+
+def _served_label_set(client, name: str):
+    """The label set of a trained head that the server serves (from its catalog)."""
+    from classifiers.trained import build_label_set
+    from evaluation.dataset import DatasetError
+
+    served = {c.name: c for c in client.classifiers().classifiers}
+    info = served.get(name)
+    if info is None:
+        raise DatasetError(f"unknown classifier {name!r}; the server serves {sorted(served)}")
+    if info.kind != "trained" or info.label_kind != "exclusive":
+        raise DatasetError(f"{name} is not an exclusive classifier; evaluate exclusive ones")
+    return build_label_set(name, "exclusive", info.labels, info.unsafe_labels, info.threshold)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.variants import load_variants
 
     try:
-        label_set = _label_set(args)
+        client = None
+        if args.server:
+            from clients.http import ModerationClient
+
+            client = ModerationClient(args.server, api_key=args.api_key)
+            if not client.healthy():
+                raise ModerationConnectionError(f"no healthy service at {args.server} (GET /healthz)")
+        label_set = _label_set(args, client)
         samples = relabel(load_samples(args.dataset), label_set.label_names, parse_label_map(args.map))
         variants = tuple(load_variants(args.variants, label_set)) if args.variants else ()
         opts = RunOptions(
@@ -114,19 +158,25 @@ def main(argv: list[str] | None = None) -> int:
             cache=None if args.cache == "none" else args.cache, batch_size=args.batch_size,
             max_frames=args.max_frames, concurrency=args.concurrency, progress=not args.quiet,
         )
-        if args.server:
-            from clients.http import ModerationClient
-
-            with ModerationClient(args.server, api_key=args.api_key) as client:
-                if not client.healthy():
-                    raise ModerationConnectionError(f"no healthy service at {args.server} (GET /healthz)")
+        if client is not None:
+            with client:
                 report = run_on_server(samples, label_set, client, args.server, opts)
         else:
             from classifiers.model import DEFAULT_MODEL, load_clip
 
             logging.basicConfig(level=logging.WARNING)
             encoder = load_clip(args.model or DEFAULT_MODEL, args.device, args.dtype)
-            report = run_in_process(samples, label_set, encoder, opts)
+            head = None
+            if args.head:
+                from classifiers.fingerprint import fingerprint
+                from classifiers.trained import HeadError
+
+                head = _head(args.head)
+                try:
+                    head.check_model(fingerprint(encoder), encoder.name)
+                except HeadError as exc:
+                    raise DatasetError(str(exc)) from None
+            report = run_in_process(samples, label_set, encoder, opts, head)
     except (DatasetError, ModerationError) as exc:
         print(f"moderation evaluate: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE

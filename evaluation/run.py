@@ -49,8 +49,9 @@ def _progress_bar(total: int, enabled: bool, what: str):
     return tqdm(total=total, unit="img", desc=what, file=sys.stderr, disable=None if enabled else True)
 
 
-def run_in_process(samples: list[Sample], label_set: LabelSet, encoder, opts: RunOptions) -> dict:
-    """Evaluate with the service's code in this process; writes the report, returns its data."""
+def run_in_process(samples: list[Sample], label_set: LabelSet, encoder, opts: RunOptions, head=None) -> dict:
+    """Evaluate with the service's code in this process; writes the report, returns its data.
+    ``head``: a trained head (``classifiers.trained.TrainedHead``) to score instead of prompts."""
     variants = list(opts.variants) or [Variant(BASELINE, label_set)]
     temperature = 1.0  # the service applies calibration files to built-in classifiers only
     if opts.calibration and not opts.custom:
@@ -64,13 +65,16 @@ def run_in_process(samples: list[Sample], label_set: LabelSet, encoder, opts: Ru
     if not kept:
         raise DatasetError(f"no image could be scored; first error: {next(iter(errors.values()))}")
     usable = [embeddings[i] for i in kept]
-    scored = {v.name: backend.score(v.label_set, usable, temperature, opts.threshold) for v in variants}
+    if head is not None:
+        scored = {BASELINE: backend.score(head, usable, 1.0, opts.threshold)}
+    else:
+        scored = {v.name: backend.score(v.label_set, usable, temperature, opts.threshold) for v in variants}
     header = {"mode": "in-process", "model": encoder.name, "temperature_applied": temperature,
               "max_frames": opts.max_frames,
               "cache": {"path": opts.cache, "images_encoded": backend.encoded_images,
                         "images_from_cache": len(kept) - backend.encoded_images}}
     return _finish(samples, label_set, scored, kept, errors, header, opts,
-                   rescore=lambda t: backend.score(label_set, usable, t, opts.threshold))
+                   rescore=lambda t: backend.score(head or label_set, usable, t, opts.threshold))
 
 
 def run_on_server(samples: list[Sample], label_set: LabelSet, client, server: str, opts: RunOptions) -> dict:

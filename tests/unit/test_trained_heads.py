@@ -231,3 +231,19 @@ def test_a_stack_scores_each_head_as_a_numpy_reference_does():
         assert results[name].unsafe_score == pytest.approx(unsafe, abs=1e-6)
         assert results[name].flagged == (results[name].unsafe_score >= head.label_set.threshold)
     assert HeadStack(heads).score(["a"], frames[0], {"a": 0.01})["a"].threshold == 0.01
+
+
+def test_evaluate_scores_a_head_file_on_new_images_and_refuses_another_model(trained, tiny_clip_dir, tmp_path,
+                                                                              capsys):
+    from evaluation.cli import main as evaluate
+
+    _, root = trained
+    fresh = write_dataset(tmp_path / "fresh", "colours", per_class=8, seed=7)  # images training never saw
+    head = str(root / "heads" / "colour_policy.head.safetensors")
+    common = [str(fresh), "--head", head, "--cache", "none", "-q"]
+    assert evaluate([*common, "--model", tiny_clip_dir, "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["classifier"] == "colour_policy" and report["variants"]["baseline"]["accuracy"] >= 0.9
+    other = build_random_checkpoint(tmp_path / "other", seed=1)
+    assert evaluate([*common, "--model", str(other), "--out", str(tmp_path / "r2")]) == 2
+    assert "embeddings differ" in capsys.readouterr().err
