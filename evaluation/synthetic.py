@@ -2,8 +2,8 @@
 
 For tests and demos of ``moderation train`` where real photographs and real weights are not
 at hand: classes differ in colour, shape or texture, every image varies in size, position and
-noise. ``python -m evaluation.synthetic DIR [colours|shapes|textures] [PER_CLASS]`` writes a
-folder per class.
+noise. ``python -m evaluation.synthetic DIR [colours|shapes|textures] [PER_CLASS] [SEED]`` writes
+a folder per class.
 """
 
 from __future__ import annotations
@@ -88,4 +88,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
-    write_dataset(args[0], args[1] if len(args) > 1 else "colours", int(args[2]) if len(args) > 2 else 40)
+    write_dataset(args[0], args[1] if len(args) > 1 else "colours", int(args[2]) if len(args) > 2 else 40,
+                  int(args[3]) if len(args) > 3 else 0)
