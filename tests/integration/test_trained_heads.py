@@ -182,3 +182,25 @@ def test_a_changed_head_replaces_the_old_one_and_the_cli_lists_it(service, stage
     assert '"colour_policy_v2"' in listed and '"refused": {}' in listed
     assert np.isclose(classify(http, "green", "colour_policy_v2").json()["results"]["colour_policy_v2"]
                       ["scores"]["green"], 1.0, atol=0.5)
+
+
+def test_a_new_heads_version_in_user_config_reloads_every_replica_at_once(service, staged, tmp_path,
+                                                                           tiny_clip_dir):
+    """With polling off, a head copied in is not served until the deployment's user_config
+    carries a new ``heads_version``: then both replicas read the folder, without a restart."""
+    http, _, port = service
+    heads_dir = tmp_path / "heads"
+    heads_dir.mkdir()
+    args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, max_batch_size=8,
+                   heads_dir=str(heads_dir), heads_poll_s=0)
+    model = {"name": "ClipModel", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
+    deploy_apps(port, app_config(args, deployments=[model]))
+    before = replica_heads(want="none")
+    ship(staged, heads_dir, "colour_policy_v2")
+    time.sleep(1.5)
+    assert replica_heads() == before  # nobody polls
+    deploy_apps(port, app_config(args, deployments=[{**model, "user_config": {"heads_version": 1}}]))
+    after = replica_heads(want=http.get("/v1/classifiers").json()["heads"]["version"])
+    assert set(after) == set(before) and "none" not in after.values()
+    result = classify(http, "red", "colour_policy_v2").json()["results"]["colour_policy_v2"]
+    assert result["top_label"] == "red"
