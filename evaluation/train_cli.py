@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = _options(args)
         samples = _relabel(load_samples(args.dataset), parse_label_map(args.map))
         from classifiers.model import DEFAULT_MODEL, load_clip
-        from evaluation.train import train
+        from evaluation.train import targets, train
+
+        targets(samples, opts)  # labels and counts checked before the model is loaded
 
         logging.basicConfig(level=logging.WARNING)
         encoder = load_clip(args.model or DEFAULT_MODEL, args.device, args.dtype)

@@ -247,3 +247,23 @@ def test_evaluate_scores_a_head_file_on_new_images_and_refuses_another_model(tra
     other = build_random_checkpoint(tmp_path / "other", seed=1)
     assert evaluate([*common, "--model", str(other), "--out", str(tmp_path / "r2")]) == 2
     assert "embeddings differ" in capsys.readouterr().err
+
+
+def test_train_cli_starts_from_a_builtin_and_says_what_is_wrong_in_one_line(colours, tiny_clip_dir, tmp_path,
+                                                                             capsys):
+    from evaluation.train_cli import main as train_cli
+
+    common = [str(colours), "--model", tiny_clip_dir, "--heads-dir", str(tmp_path / "heads"), "--cache", "none"]
+    maps = ["--map", "red=explicit", "--map", "green=suggestive", "--map", "blue=none"]
+    assert train_cli([*common, "--name", "my_nudity", "--init", "nudity", *maps, "--out", str(tmp_path / "r")]) == 0
+    assert "my_nudity: held-out accuracy" in capsys.readouterr().out
+    head = load_head(tmp_path / "heads" / "my_nudity.head.safetensors")
+    assert head.label_set.label_names == ("explicit", "suggestive", "none") and head.label_set.unsafe == ("explicit",)
+    assert head.meta["training"]["init"] == "nudity"
+    for argv, message in (([*common, "--name", "x", "--init", "nudity"], "are not labels of the head"),
+                          ([*common, "--name", "nudity"], "taken by a built-in"),
+                          ([*common, "--name", "Bad Name"], "use 1-64 of a-z"),
+                          ([*common, "--name", "x", "--init", "nope"], "not a built-in")):
+        assert train_cli([*argv, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("moderation train: ")
