@@ -9,6 +9,8 @@ computed from formulas, not a random generator, so they are the same on every ma
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 PROBE_COUNT = 8
@@ -31,13 +33,20 @@ def probe_images(count: int = PROBE_COUNT, size: int = PROBE_SIZE) -> list[np.nd
     return images
 
 
-def fingerprint(encoder, max_pixels: int = 50_000_000) -> np.ndarray:
+_computed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> its fingerprint
+
+
+def fingerprint(encoder) -> np.ndarray:
     """``encoder``'s L2-normalised embeddings of the probe images, through the service's own
-    preprocessing for that encoder; ``(PROBE_COUNT, dim)`` float32."""
+    preprocessing for that encoder; ``(PROBE_COUNT, dim)`` float32, computed once per encoder."""
     from classifiers.preprocess import prepare_array
 
-    frames = [prepare_array(image, encoder.image_spec, max_pixels)[0] for image in probe_images()]
-    return np.asarray(encoder.encode_images(frames), np.float32)
+    found = _computed.get(encoder)
+    if found is None:
+        frames = [prepare_array(image, encoder.image_spec)[0] for image in probe_images()]
+        found = _computed[encoder] = np.asarray(encoder.encode_images(frames), np.float32)
+        found.flags.writeable = False
+    return found
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -34,7 +34,9 @@ from classifiers.scoring import decide
 FORMAT = "moderation-head/1"
 SUFFIX = ".head.safetensors"
 META_KEY = "moderation_head"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # use .fullmatch
+MAX_WEIGHT = 1e4  # larger weights or biases: not a head any fit makes (and they overflow)
+FILE_MODE = 0o644  # readable by replicas that run as another user
 RESERVED_NAMES = frozenset({"custom"})
 
 
@@ -99,7 +101,7 @@ def build_label_set(name: str, kind: str, labels: list[str], unsafe: list[str], 
 
 
 def check_name(name: str, builtins: frozenset[str] | set[str] = frozenset()) -> None:
-    if not NAME_PATTERN.match(name or ""):
+    if not NAME_PATTERN.fullmatch(name or ""):
         raise HeadError(f"head name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with a "
                         "letter or digit")
     if name in RESERVED_NAMES or name in builtins:
@@ -110,11 +112,10 @@ def head_path(heads_dir: str | Path, name: str) -> Path:
     return Path(heads_dir).expanduser() / f"{name}{SUFFIX}"
 
 
-def save_head(head: TrainedHead, path: str | Path) -> TrainedHead:
-    """Write ``head`` to ``path`` atomically; returns it with its ``version`` set."""
+def _file_bytes(head: TrainedHead) -> tuple[bytes, dict]:
+    """The head file's content, and the JSON document in it."""
     from safetensors.numpy import save
 
-    path = Path(path).expanduser()
     label_set = head.label_set
     doc = {**head.meta, "format": FORMAT, "name": label_set.name, "kind": label_set.kind,
            "labels": list(label_set.label_names), "unsafe_labels": list(label_set.unsafe),
@@ -123,9 +124,22 @@ def save_head(head: TrainedHead, path: str | Path) -> TrainedHead:
                  "bias": np.ascontiguousarray(head.bias, np.float32),
                  "fingerprint": np.ascontiguousarray(head.fingerprint, np.float32)},
                 metadata={META_KEY: json.dumps(doc, sort_keys=True)})
+    return data, doc
+
+
+def head_version(head: TrainedHead) -> str:
+    """The version ``save_head`` gives ``head`` (its file's content hash)."""
+    return _version(_file_bytes(head)[0])
+
+
+def save_head(head: TrainedHead, path: str | Path) -> TrainedHead:
+    """Write ``head`` to ``path`` atomically; returns it with its ``version`` set."""
+    path = Path(path).expanduser()
+    data, doc = _file_bytes(head)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -134,7 +148,7 @@ def save_head(head: TrainedHead, path: str | Path) -> TrainedHead:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return TrainedHead(label_set, head.weight, head.bias, head.fingerprint, doc, _version(data))
+    return TrainedHead(head.label_set, head.weight, head.bias, head.fingerprint, doc, _version(data))
 
 
 def _version(data: bytes) -> str:
@@ -162,6 +176,9 @@ def load_head(path: str | Path, builtins: frozenset[str] | set[str] = frozenset(
         if doc.get("format") != FORMAT:
             raise HeadError(f"{where}: format {doc.get('format')!r}, expected {FORMAT!r}")
         weight, bias, fp = (np.asarray(tensors[k], np.float32) for k in ("weight", "bias", "fingerprint"))
+        for key in ("model", "training", "metrics"):
+            if not isinstance(doc.get(key, {}), dict):
+                raise HeadError(f"{where}: {key!r} in its metadata is not an object")
     except HeadError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -184,6 +201,8 @@ def load_head(path: str | Path, builtins: frozenset[str] | set[str] = frozenset(
                         f"do not fit {n} labels")
     if not (np.isfinite(weight).all() and np.isfinite(bias).all() and np.isfinite(fp).all()):
         raise HeadError(f"{where}: weights are not finite numbers")
+    if max(np.abs(weight).max(initial=0), np.abs(bias).max(initial=0)) > MAX_WEIGHT:
+        raise HeadError(f"{where}: weights beyond +-{MAX_WEIGHT:g}, which no fit of a head makes")
     return TrainedHead(label_set, weight, bias, fp, doc, _version(data))
 
 
@@ -199,8 +218,8 @@ class HeadStack:
         if not self.heads:
             return
         sizes = [len(h.bias) for h in self.heads.values()]
-        self.weight = np.concatenate([h.weight for h in self.heads.values()]).T.copy()  # (dim, columns)
-        self.bias = np.concatenate([h.bias for h in self.heads.values()])
+        self.weight = np.concatenate([h.weight for h in self.heads.values()]).T.astype(np.float64)  # (dim, cols)
+        self.bias = np.concatenate([h.bias for h in self.heads.values()]).astype(np.float64)
         self.starts = np.cumsum([0, *sizes[:-1]])
         self.sizes = np.array(sizes)
         self.exclusive = np.repeat([h.label_set.kind == "exclusive" for h in self.heads.values()], sizes)
@@ -208,7 +227,7 @@ class HeadStack:
 
     def probabilities(self, embedding: np.ndarray) -> np.ndarray:
         """Every head's label scores, side by side: ``(frames, columns)``."""
-        z = (np.atleast_2d(np.asarray(embedding, np.float32)) @ self.weight + self.bias).astype(np.float64)
+        z = np.atleast_2d(np.asarray(embedding, np.float64)) @ self.weight + self.bias
         top = np.repeat(np.maximum.reduceat(z, self.starts, axis=1), self.sizes, axis=1)
         e = np.exp(z - top)
         softmax = e / np.repeat(np.add.reduceat(e, self.starts, axis=1), self.sizes, axis=1)
@@ -232,10 +251,12 @@ class HeadStack:
 @dataclass(frozen=True)
 class HeadSet:
     """The heads a directory held when it was read: the ones that load, the refused files
-    with why, and a version that changes whenever any head does."""
+    with why, and a version that changes whenever any head does. ``unreadable`` says why the
+    directory itself could not be listed (then the set says nothing about its heads)."""
 
     heads: dict[str, TrainedHead] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # file name -> reason
+    unreadable: str | None = None
 
     @cached_property
     def stack(self) -> HeadStack:
@@ -249,13 +270,17 @@ class HeadSet:
         return hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
+def _head_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+
+
 def directory_signature(heads_dir: str | Path | None) -> tuple:
-    """Names, sizes and modification times of the head files: cheap to poll for changes."""
+    """Names, inodes, sizes and times of the head files: cheap to poll for changes (a rename
+    over a file always makes a new inode, so a same-size replacement is seen too)."""
     if not heads_dir:
         return ()
-    folder = Path(heads_dir).expanduser()
     try:
-        entries = sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+        entries = _head_files(Path(heads_dir).expanduser())
     except OSError:
         return ("unreadable",)
     out = []
@@ -264,27 +289,35 @@ def directory_signature(heads_dir: str | Path | None) -> tuple:
             stat = path.stat()
         except OSError:
             continue  # removed while we looked
-        out.append((path.name, stat.st_size, stat.st_mtime_ns))
+        out.append((path.name, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
     return tuple(out)
 
 
 def load_heads_dir(heads_dir: str | Path | None, fingerprint: np.ndarray, model: str,
                    builtins: frozenset[str] | set[str] = frozenset()) -> HeadSet:
     """Every ``*.head.safetensors`` in ``heads_dir`` that loads and fits the serving model
-    (its ``fingerprint``); the others are refused with a reason, never raised."""
+    (its ``fingerprint``); the others are refused with a reason, never raised. A directory
+    that is missing or cannot be listed gives a set with ``unreadable`` set."""
     if not heads_dir:
         return HeadSet()
     folder = Path(heads_dir).expanduser()
-    if not folder.is_dir():
-        return HeadSet(refused={str(folder): "the heads directory does not exist"})
+    try:
+        files = _head_files(folder)
+    except FileNotFoundError:
+        return HeadSet(unreadable=f"{folder}: the heads directory does not exist")
+    except OSError as exc:
+        return HeadSet(unreadable=f"{folder}: the heads directory cannot be read ({exc.strerror or exc})")
     heads: dict[str, TrainedHead] = {}
     refused: dict[str, str] = {}
-    for path in sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX)):
+    for path in files:
         try:
             head = load_head(path, builtins)
             head.check_model(fingerprint, model)
         except HeadError as exc:
             refused[path.name] = str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the others
+            refused[path.name] = f"{path.name}: cannot be used ({type(exc).__name__}: {exc})"
             continue
         heads[head.name] = head
     return HeadSet(heads, refused)

@@ -22,7 +22,8 @@ def add_parser(commands) -> None:
     listing.add_argument("--heads-dir", default=os.environ.get("MODERATION_HEADS_DIR", "heads"))
     listing.add_argument("--server", help="list what this running service serves instead")
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
-    reload = which.add_parser("reload", help="make a running service read its heads directory now")
+    reload = which.add_parser("reload", help="make the model replica that answers read its heads directory now "
+                              "(the others follow at their next poll; with heads_poll_s 0, set heads_version)")
     reload.add_argument("--json", action="store_true")
     for sub in (listing, reload):
         sub.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY"))

@@ -77,7 +77,7 @@ class ClipModel:
         self.encoder = self.forward.encoder
         self.heads = self.forward.run_sync(self._builtin_heads)
         # Trained heads must fit this model: the model's fingerprint is checked against each.
-        probes = self.forward.run_sync(fingerprint, self.encoder, settings.max_image_pixels)
+        probes = self.forward.run_sync(fingerprint, self.encoder)
         self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
                                     frozenset(BUILTIN_CLASSIFIERS), settings.heads_poll_s)
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
@@ -240,7 +240,8 @@ class ClipModel:
                     "prompts": {label.name: list(label.prompts) for label in s.labels},
                 }
                 for s in BUILTIN_CLASSIFIERS.values()
-            ] + [head.summary() for _, head in sorted(self.trained.current.heads.items())],
+            ] + [{**head.summary(), "threshold": self.runtime.thresholds.get(name, head.label_set.threshold)}
+                 for name, head in sorted(self.trained.current.heads.items())],
             "heads": self.trained.status(),
         }
 

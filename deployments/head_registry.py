@@ -7,7 +7,8 @@ changes (a poll of file names, sizes and times every ``heads_poll_s``), when
 assignment: requests in flight finish with the set they started with, none is dropped. A file
 that is refused (corrupt, a bad label set, trained on another model) never replaces a head
 the replica already serves: that head stays at its last good version, and the refusal is
-listed in ``GET /v1/classifiers``.
+listed in ``GET /v1/classifiers``. That memory is the replica's own: a replica started later
+reads only the files, so fix or remove a refused file rather than leave it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ logger = logging.getLogger("ray.serve")
 
 
 def merge(previous: HeadSet, fresh: HeadSet) -> HeadSet:
-    """``fresh``, except that a head whose file is now refused keeps its ``previous`` version."""
+    """``fresh``, except that a head whose file is now refused keeps its ``previous`` version,
+    and a directory that cannot be listed (a remount, a folder swapped by two renames) keeps
+    the whole previous set: only files that are there, and readable, change what is served."""
+    if fresh.unreadable:
+        return HeadSet(previous.heads, {**previous.refused, "(directory)": fresh.unreadable
+                                        + (" (still serving the heads read before)" if previous.heads else "")},
+                       fresh.unreadable)
     heads = dict(fresh.heads)
     refused = dict(fresh.refused)
     for file_name, why in fresh.refused.items():
@@ -54,7 +61,7 @@ class HeadRegistry:
 
     def reload(self) -> HeadSet:
         """Read the directory now; returns the set in force afterwards. Never raises for a bad
-        file (it is refused); the previous set stays if the directory cannot be read."""
+        file (it is refused); the previous set stays if the directory cannot be listed."""
         with self._lock:
             signature = directory_signature(self.heads_dir)
             fresh = load_heads_dir(self.heads_dir, self.fingerprint, self.model, self.builtins)

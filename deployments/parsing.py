@@ -44,7 +44,7 @@ def _model_kwargs(options: ClassifyOptions) -> dict:
     """Validate what to run before any fetch or model call, and shape it for the model."""
     # Trained heads come and go with the model replicas' heads directory: here only a name that
     # no head could have is refused; the replica checks the rest against the heads it serves.
-    could_be_heads = [n for n in options.classifiers or () if NAME_PATTERN.match(n)]
+    could_be_heads = [n for n in options.classifiers or () if NAME_PATTERN.fullmatch(n)]
     select_builtins(options.classifiers, could_be_heads)
     if options.labels:
         custom_label_set(options.labels, options.unsafe_labels, options.threshold or 0.5)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from classifiers.model import DEFAULT_MODEL
 from classifiers.registry import BUILTIN_CLASSIFIERS
+from classifiers.trained import NAME_PATTERN
 from deployments.forward import MAX_LANES
 
 
@@ -51,17 +52,24 @@ class RuntimeConfig(_Strict):
         "under load and adds no latency to a lone request.",
     )
     thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Per built-in classifier flag thresholds."
+        default_factory=dict, description="Flag thresholds by classifier: built-ins, and trained "
+        "heads (over the threshold in the head file)."
     )
-    heads_version: str | int | None = Field(
-        None, description="Any value; a new one makes every model replica read `heads_dir` again "
-        "at once (without it they notice changes within `heads_poll_s`).",
+    heads_version: str | None = Field(
+        None, description="Any value (kept as text); a new one makes every model replica read "
+        "`heads_dir` again at once (without it they notice changes within `heads_poll_s`).",
     )
+
+    @field_validator("heads_version", mode="before")
+    @classmethod
+    def _as_text(cls, value: object) -> str | None:
+        return None if value is None else str(value)
 
     @field_validator("thresholds")
     @classmethod
     def _known(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = set(value) - set(BUILTIN_CLASSIFIERS)
+        # Trained heads come and go with heads_dir: any name a head could have is accepted.
+        unknown = {n for n in value if n not in BUILTIN_CLASSIFIERS and not NAME_PATTERN.fullmatch(n)}
         if unknown:
             raise ValueError(f"thresholds for unknown classifiers {sorted(unknown)}")
         if any(not 0 < t <= 1 for t in value.values()):

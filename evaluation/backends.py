@@ -61,9 +61,15 @@ def _error_text(exc: Exception) -> str:
 
 
 def model_identity(encoder, max_frames: int, jpeg_draft: bool, max_pixels: int) -> str:
-    """What makes an embedding: checkpoint (with a fingerprint of a local one), dtype, input size."""
+    """What makes an embedding: checkpoint (with a fingerprint of a local one's files and of its
+    weights' embeddings of the probe images), dtype, input size."""
+    from classifiers.fingerprint import fingerprint
+
+    # The weights themselves, through their embeddings of the probe images: another checkpoint
+    # saved at the same path (or a new revision of a hub id) must not hit old embeddings.
+    probes = hashlib.sha256(np.round(fingerprint(encoder), 2).tobytes()).hexdigest()[:16]
     parts = [encoder.name, str(encoder.dtype), repr(encoder.image_spec),
-             f"frames={max_frames}", f"draft={jpeg_draft}", f"pixels={max_pixels}"]
+             f"frames={max_frames}", f"draft={jpeg_draft}", f"pixels={max_pixels}", f"probes={probes}"]
     folder = Path(os.path.expanduser(encoder.name))
     if folder.is_dir():  # a local directory: its config and weight file sizes
         h = hashlib.sha256()

@@ -120,6 +120,32 @@ def split_holdout(strata: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def split_holdout_multilabel(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices for a 0/1 label matrix: rarest label first, ``fraction`` of
+    each label's images (at least one) held out, counting those already held out for another
+    label, never the last image of a label left for training; then ``fraction`` of the images
+    with no label. Every label with two or more images has images on both sides."""
+    positives = np.asarray(y) > 0
+    order = np.random.default_rng(seed).permutation(len(positives))
+    left = positives.sum(axis=0).astype(int)  # per label: its images still on the training side
+    held = np.zeros(len(positives), bool)
+    for label in np.argsort(left, kind="stable"):
+        members = order[positives[order, label]]
+        want = min(len(members) - 1, max(1, round(len(members) * fraction))) if len(members) > 1 else 0
+        count = int(held[members].sum())
+        for i in members:
+            if count >= want:
+                break
+            labels = np.flatnonzero(positives[i])
+            if not held[i] and (left[labels] > 1).all():
+                held[i] = True
+                left[labels] -= 1
+                count += 1
+    empty = order[~positives[order].any(axis=1)]
+    held[empty[: round(len(empty) * fraction)]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 @dataclass(frozen=True)
 class CrossValidated:
     """The chosen penalty, the final fit on every training image, and out-of-fold scores

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.labels import LabelSet
-from classifiers.trained import TrainedHead, build_label_set, save_head
+from classifiers.trained import TrainedHead, build_label_set, head_version, save_head
 from evaluation import metrics, plots
 from evaluation.backends import InProcessBackend, Scored
 from evaluation.cache import ResultCache
 from evaluation.dataset import DatasetError, Sample
-from evaluation.fit import cross_validate, split_holdout
+from evaluation.fit import cross_validate, split_holdout, split_holdout_multilabel
 from evaluation.run import RunOptions, _finish, _progress_bar
 from evaluation.variants import BASELINE
 
@@ -166,15 +166,17 @@ def train(samples: list[Sample], encoder, opts: TrainOptions) -> dict:
         kept = np.flatnonzero(ok)
         sources_ok = [sources[i] for i in kept]
         y, strata = y_all[kept], strata_all[kept]
-        try:
-            _, label_set, y, strata = targets(_rows(sources_ok, label_set, y, opts), opts)
+        try:  # the same labels: one whose images all failed must be reported, not dropped
+            _, label_set, y, strata = targets(_rows(sources_ok, label_set, y, opts),
+                                              replace(opts, labels=tuple(label_set.label_names)))
         except DatasetError as exc:
             raise DatasetError(f"{len(errors)} images could not be read or decoded; {exc}") from None
     else:
         sources_ok, y, strata = sources, y_all, strata_all
     x = np.stack([np.atleast_2d(e)[0] for e in embedded if e is not None]).astype(np.float32)
     exclusive = label_set.kind == "exclusive"
-    train_idx, held_idx = split_holdout(strata, opts.holdout)
+    train_idx, held_idx = (split_holdout(strata, opts.holdout) if exclusive
+                           else split_holdout_multilabel(y, opts.holdout))
     prior = zero_shot_prior(label_set, encoder) if opts.init is not None else None
     cv = cross_validate(x[train_idx], y[train_idx], strata[train_idx], exclusive, len(label_set.labels), prior)
     rule = choose_threshold(label_set, y[train_idx], cv.out_of_fold, opts)
@@ -196,7 +198,8 @@ def train(samples: list[Sample], encoder, opts: TrainOptions) -> dict:
     trained = backend.score(head, held_embeddings)
     zero_shot = backend.score(label_set, held_embeddings)
     head_metrics = _metrics(label_set, y[held_idx], trained, zero_shot)
-    head = save_head(replace(head, meta={**meta, "metrics": head_metrics}), opts.head_file)
+    head = replace(head, meta={**meta, "metrics": head_metrics})
+    head = replace(head, version=head_version(head))  # what save_head will write
     header = {"mode": "in-process", "model": encoder.name, "temperature_applied": 1.0, "max_frames": 1,
               "cache": {"path": opts.cache, "images_encoded": backend.encoded_images,
                         "images_from_cache": len(sources) - len(errors) - backend.encoded_images},
@@ -214,6 +217,7 @@ def train(samples: list[Sample], encoder, opts: TrainOptions) -> dict:
     else:
         report = _attributes_report(label_set, y[held_idx], trained, zero_shot, header,
                                     [{"source": sources[i], "error": errors[i]} for i in sorted(errors)], opts)
+    save_head(head, opts.head_file)  # last: a replica may serve it the moment it lands
     return report
 
 

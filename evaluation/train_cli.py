@@ -7,7 +7,7 @@ under several labels has them all and one labelled ``none`` has none. The head i
 ``--heads-dir`` (a service whose ``heads_dir`` is that folder picks it up without a restart)
 with held-out metrics; the report (report.md, report.json, plots) goes to ``--out``.
 
-Exit status: 0 done, 1 the model could not be loaded, 2 usage or dataset error.
+Exit status: 0 done, 1 the model could not be loaded, 2 usage, dataset or write error.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.train import targets, train
 
         targets(samples, opts)  # labels and counts checked before the model is loaded
+        _check_writable(opts.out_dir, opts.head_file.parent)
 
         logging.basicConfig(level=logging.WARNING)
         encoder = load_clip(args.model or DEFAULT_MODEL, args.device, args.dtype)
@@ -109,9 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"moderation train: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except OSError as exc:  # the report or the head could not be written
+        print(f"moderation train: cannot write {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not args.quiet:
         print(summary_line(report, opts.out_dir))
     return EXIT_OK
+
+
+def _check_writable(*folders: Path) -> None:
+    """Create the report and heads folders now, so a bad path fails before any work."""
+    from evaluation.dataset import DatasetError
+
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatasetError(f"cannot create {folder}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise DatasetError(f"cannot write to {folder}")
 
 
 def _relabel(samples, mapping: dict[str, str]):

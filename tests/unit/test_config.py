@@ -86,7 +86,9 @@ def test_app_args_reject_unknown_keys_and_thresholds():
     with pytest.raises(ValueError):
         AppArgs.model_validate({"modle": "typo"})
     with pytest.raises(ValueError, match="unknown classifiers"):
-        AppArgs.model_validate({"thresholds": {"violence": 0.5}})
+        AppArgs.model_validate({"thresholds": {"Violence!": 0.5}})
+    # a trained head's name: heads come and go at run time, so any name a head may have passes
+    assert AppArgs.model_validate({"thresholds": {"my_policy": 0.3}}).thresholds == {"my_policy": 0.3}
     for lanes in (0, 3):  # serve.batch in ClipModel runs at most 2 batches at once
         with pytest.raises(ValueError, match="forward_lanes"):
             AppArgs.model_validate({"forward_lanes": lanes})

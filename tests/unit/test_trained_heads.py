@@ -206,7 +206,7 @@ def test_registry_reloads_changes_and_keeps_the_last_good_version(tmp_path):
 
 def test_a_missing_heads_dir_is_reported_not_fatal(tmp_path):
     heads = load_heads_dir(tmp_path / "nope", np.ones((8, 4), np.float32), "m")
-    assert not heads.heads and "does not exist" in next(iter(heads.refused.values()))
+    assert not heads.heads and "does not exist" in heads.unreadable
     assert load_heads_dir(None, np.ones((8, 4)), "m").version == "none"
 
 
@@ -267,3 +267,74 @@ def test_train_cli_starts_from_a_builtin_and_says_what_is_wrong_in_one_line(colo
         assert train_cli([*argv, "-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and err[-1].startswith("moderation train: ")
+
+
+def test_a_folder_that_cannot_be_listed_keeps_the_heads_served(tmp_path):
+    fp = _head().fingerprint
+    folder = tmp_path / "heads"
+    save_head(_head(), head_path(folder, "policy"))
+    registry = HeadRegistry(str(folder), fp, "m", BUILTINS)
+    folder.rename(tmp_path / "away")  # a remount, or a folder swapped by two renames
+    assert set(registry.reload().heads) == {"policy"}
+    assert "does not exist" in registry.status()["refused"]["(directory)"]
+    (tmp_path / "away").rename(folder)
+    assert set(registry.reload().heads) == {"policy"} and registry.status()["refused"] == {}
+
+
+def test_odd_files_are_refused_never_raised(tmp_path):
+    from safetensors.numpy import save
+
+    good = save_head(_head(), tmp_path / "policy.head.safetensors")
+    assert (tmp_path / "policy.head.safetensors").stat().st_mode & 0o777 == 0o644  # other users' replicas
+    cases = {"nullmodel": {**good.meta, "name": "nullmodel", "model": None},
+             "listmetrics": {**good.meta, "name": "listmetrics", "metrics": [1, 2]}}
+    for name, doc in cases.items():
+        (tmp_path / f"{name}.head.safetensors").write_bytes(save(
+            {"weight": good.weight, "bias": good.bias, "fingerprint": good.fingerprint},
+            metadata={"moderation_head": json.dumps(doc)}))
+    save_head(replace(_head(name="huge"), weight=np.full((2, 8), 3e38, np.float32)), tmp_path / "huge.head.safetensors")
+    heads = load_heads_dir(tmp_path, good.fingerprint, "m")
+    assert set(heads.heads) == {"policy"}
+    assert "is not an object" in heads.refused["nullmodel.head.safetensors"]
+    assert "is not an object" in heads.refused["listmetrics.head.safetensors"]
+    assert "weights beyond" in heads.refused["huge.head.safetensors"]
+    with pytest.raises(HeadError, match="use 1-64"):
+        build_label_set("ok\n", "exclusive", ["a", "b"], [], 0.5)
+
+
+def test_attribute_heads_hold_out_images_of_every_label(encoder, colours, tmp_path):
+    from evaluation.fit import split_holdout_multilabel
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 6)) < [0.5, 0.3, 0.1, 0.05, 0.03, 0.02]).astype(int)  # rare labels, many combinations
+    train_idx, held_idx = split_holdout_multilabel(y, 0.2)
+    assert len(set(train_idx) | set(held_idx)) == 200 and not set(train_idx) & set(held_idx)
+    for label in range(6):
+        assert y[held_idx, label].sum() >= 1 and y[train_idx, label].sum() >= 1
+    assert 0.15 <= len(held_idx) / 200 <= 0.3
+
+
+def test_a_label_whose_images_all_fail_is_refused_not_dropped(encoder, colours, tmp_path):
+    from evaluation.dataset import DatasetError
+
+    samples = load_samples(colours)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(30):
+        (broken / f"{i}.png").write_bytes(b"not a png")
+    samples = [s for s in samples if s.label != "green"] + [Sample(str(broken / f"{i}.png"), "green") for i in range(30)]
+    opts = TrainOptions(dataset="x", name="x", head_file=tmp_path / "x.head.safetensors", out_dir=tmp_path / "r",
+                        progress=False)
+    with pytest.raises(DatasetError, match="short: \\['green'\\]"):
+        train(samples, encoder, opts)
+    assert not (tmp_path / "x.head.safetensors").exists()
+
+
+def test_the_embedding_cache_tells_checkpoints_at_the_same_path_apart(tmp_path):
+    from evaluation.backends import model_identity
+
+    path = tmp_path / "model"
+    build_random_checkpoint(path, seed=0)
+    first = model_identity(load_clip(str(path), device="cpu", dtype="float32"), 1, True, 1000)
+    build_random_checkpoint(path, seed=1)  # same architecture, same file sizes, other weights
+    assert model_identity(load_clip(str(path), device="cpu", dtype="float32"), 1, True, 1000) != first
