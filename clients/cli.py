@@ -118,11 +118,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           help="default: table on a terminal, else jsonl")
     classify.add_argument("--output", "-o", help="write here instead of stdout")
     classify.add_argument("--flagged-only", action="store_true", help="print flagged images only")
-    commands.add_parser("evaluate", add_help=False,  # parsed by evaluation.cli (see main)
-                        help="measure a classifier's accuracy on a labelled image set "
-                             "(moderation evaluate --help)")
-    commands.add_parser("train", add_help=False,  # parsed by evaluation.train_cli (see main)
-                        help="train a classifier from labelled images (moderation train --help)")
     heads_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command != "classify":
@@ -140,14 +135,6 @@ def _split(text: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["evaluate"]:  # imported only here: plain classifying needs no torch
-        from evaluation.cli import main as evaluate
-
-        return evaluate(argv[1:])
-    if argv[:1] == ["train"]:
-        from evaluation.train_cli import main as train
-
-        return train(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as exc:

@@ -21,7 +21,7 @@ from classifiers.fingerprint import fingerprint
 from classifiers.model import load_clip
 from classifiers.random_checkpoint import build_random_checkpoint
 from classifiers.trained import head_path, load_head, save_head
-from clients.cli import main as cli
+from moderation_cli.main import main as cli
 from deployments.settings import AppArgs
 from evaluation.dataset import load_samples
 from evaluation.synthetic import COLOURS, write_dataset

@@ -24,7 +24,7 @@ from classifiers.preprocess import decode_image
 from classifiers.random_checkpoint import CORPUS
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.schemas import ClassifiersResponse
-from clients import cli
+from moderation_cli import main as cli
 from evaluation.backends import ServerBackend
 from evaluation.cache import ResultCache
 from evaluation.dataset import load_samples, relabel
@@ -140,7 +140,7 @@ def test_cli_calibrates_a_builtin_and_the_service_can_load_the_file(tiny_clip_di
     argv = ["evaluate", str(colour_set), "-c", "nudity", "--map", "red=explicit", "--map", "blue=none",
             "--model", tiny_clip_dir, "--dtype", "float32", "--cache", "none", "--quiet",
             "--out", str(tmp_path / "out"), "--calibrate", str(calibration), "--target-recall", "0.5"]
-    assert cli.main(argv) == cli.EXIT_CLEAN
+    assert cli.main(argv) == 0
     entry = json.loads(calibration.read_text())["classifiers"]["nudity"]
     assert (entry["samples"], entry["fit_samples"] + entry["holdout_samples"]) == (60, 60)
     assert entry["holdout_samples"] == 18 and entry["measured_on"] == "held-out"
@@ -289,18 +289,18 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
                          "--map", "warm=explicit", "--map", "cool=none", "--quiet"]) == 1  # nobody there
         argv = ["evaluate", str(dataset), "-c", "nudity", "--map", "warm=explicit", "--map", "cool=none",
                 "--server", url, "--cache", str(tmp_path / "c.sqlite"), "--quiet", "--out", str(tmp_path / "o")]
-        assert cli.main(argv) == cli.EXIT_CLEAN
+        assert cli.main(argv) == 0
         report = json.loads((tmp_path / "o" / "report.json").read_text())
         assert report["mode"] == "server" and report["scored"] == 13  # the stand-in decodes nothing
         assert report["variants"][BASELINE]["threshold"] == 0.4  # the server's threshold in force
         assert report["cache"]["requests_sent"] == 13
-        assert cli.main(argv) == cli.EXIT_CLEAN
+        assert cli.main(argv) == 0
         again = json.loads((tmp_path / "o" / "report.json").read_text())
         assert again["cache"] == {"path": str(tmp_path / "c.sqlite"), "requests_sent": 0, "answers_from_cache": 13}
         assert again["variants"] == report["variants"]
         assert again["model"] == "stand-in" and again["catalog_sha256"] == report["catalog_sha256"]
         catalog["classifiers"][0]["threshold"] = 0.3  # the service's config changed: no stale answers
-        assert cli.main(argv) == cli.EXIT_CLEAN
+        assert cli.main(argv) == 0
         changed = json.loads((tmp_path / "o" / "report.json").read_text())
         assert changed["cache"]["requests_sent"] == 13 and changed["catalog_sha256"] != report["catalog_sha256"]
     finally:

@@ -1,0 +1,1 @@
+"""The ``moderation`` console command (``moderation_cli.main``)."""
