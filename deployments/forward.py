@@ -77,7 +77,7 @@ class ForwardLanes:
     img/s idle, and 31 against 27.5 img/s with another process taking 15 % of the machine,
     since two threads of one forward wait for each other whenever either loses its core.
     In the service the gain was smaller: +2.5 % at c=32 over 22 paired rounds, 17 of them
-    higher (README, Benchmarks).
+    higher (docs/benchmarks.md).
     A batch smaller than the number of lanes, arriving while all lanes are idle (a lone
     request), runs on the ``whole`` lane instead: all threads on one forward, 37-46 ms for
     one image against 69-73 ms on one thread.

@@ -176,7 +176,12 @@ def test_a_changed_head_replaces_the_old_one_and_the_cli_lists_it(service, stage
     ship(staged, heads_dir, "colour_policy")  # whole again
     body = http.post("/v1/classifiers/reload").json()
     assert body["refused"] == {} and set(body["loaded"]) == {"colour_policy", "colour_policy_v2"}
-    replica_heads(want=body["version"])
+    # the other replica still lists the damaged file until its next poll (its served version
+    # did not change: it kept the good one), so wait for its refusal to clear too
+    deadline, clean = time.monotonic() + REACH_S, 0
+    while clean < 10:
+        assert time.monotonic() < deadline, "a replica still lists a refused file"
+        clean = clean + 1 if http.get("/v1/classifiers").json()["heads"]["refused"] == {} else 0
     assert cli(["heads", "list", "--server", f"http://127.0.0.1:{port}", "--json"]) == 0
     listed = capsys.readouterr().out
     assert '"colour_policy_v2"' in listed and '"refused": {}' in listed
