@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import asdict, dataclass
 
@@ -70,3 +71,66 @@ def run_load(url: str, images: list[bytes], concurrency: int, requests: int, fie
     if warmup:
         asyncio.run(_run(url, images, concurrency, warmup, field, form or {}))
     return asyncio.run(_run(url, images, concurrency, requests, field, form or {}))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of a timed run: its status (0: no answer), seconds taken, and headers."""
+
+    status: int
+    seconds: float
+    retry_after: str | None
+    code: str | None  # the error code of a non-200 answer
+    message: str | None = None  # and its message
+
+
+async def _timed(url: str, images: list[bytes], concurrency: int, seconds: float, form: dict[str, str],
+                 timeout_s: float, honour_retry_after: bool) -> tuple[list[Answer], float]:
+    answers: list[Answer] = []
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def worker(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < deadline:
+                data = aiohttp.FormData()
+                data.add_field("file", images[i % len(images)], filename="image.jpg", content_type="image/jpeg")
+                for key, value in form.items():
+                    data.add_field(key, value)
+                i += concurrency
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=data) as response:
+                        body = await response.read()
+                        code = message = None
+                        if response.status != 200:
+                            try:
+                                error = json.loads(body)["error"]
+                                code, message = error["code"], error["message"]
+                            except (ValueError, KeyError, TypeError):
+                                code = "?"
+                        retry_after = response.headers.get("Retry-After")
+                        answers.append(Answer(response.status, time.perf_counter() - start, retry_after, code,
+                                              message))
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    answers.append(Answer(0, time.perf_counter() - start, None, "no_answer"))
+                    continue
+                if honour_retry_after and response.status in (429, 503) and retry_after:
+                    # as the project's clients do; never past the end of the run
+                    await asyncio.sleep(min(float(retry_after), max(0.0, deadline - time.perf_counter())))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - start
+    return answers, wall
+
+
+def run_for(url: str, images: list[bytes], concurrency: int, seconds: float,
+            form: dict[str, str] | None = None, timeout_s: float = 60,
+            honour_retry_after: bool = True) -> tuple[list[Answer], float]:
+    """Closed-loop uploads with ``concurrency`` clients for ``seconds`` (no new request after
+    that), each waiting out a 429/503's Retry-After before its next request unless told not
+    to; every answer with its status and time, and the wall time until the last one."""
+    return asyncio.run(_timed(url, images, concurrency, seconds, form or {}, timeout_s, honour_retry_after))

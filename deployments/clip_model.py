@@ -163,6 +163,7 @@ class ClipModel:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
+        give_up_at = start + 2 * self.settings.queue_deadline_ms / 1000
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
         loop = asyncio.get_running_loop()
         if isinstance(image, np.ndarray):
@@ -174,7 +175,7 @@ class ClipModel:
             )
         decoded = time.perf_counter()
         self.metrics.decode_ms.observe((decoded - start) * 1000)
-        embedded = await asyncio.gather(*(self._embed_when_free(frame) for frame in frames))
+        embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
         embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
@@ -204,8 +205,10 @@ class ClipModel:
         self.metrics.batch_size.observe(len(pixels))
         return [(embedding, len(pixels)) for embedding in embeddings]
 
-    async def _embed_when_free(self, frame: np.ndarray) -> tuple[np.ndarray, int]:
-        """Join the next batch once a forward lane is free.
+    async def _embed_when_free(self, frame: np.ndarray, give_up_at: float) -> tuple[np.ndarray, int]:
+        """Join the next batch once a forward lane is free, unless that came after
+        ``give_up_at`` (twice ``queue_deadline_ms`` after the request reached this replica):
+        then answer 503 ``overloaded`` rather than spend a forward pass on a stale request.
 
         ``@serve.batch`` forms a batch as soon as its wait runs out, even while the previous
         batch still runs, so under load it queued many batches of 1-3 images (measured:
@@ -213,6 +216,9 @@ class ClipModel:
         lets them enter ``embed`` together and fill one batch.
         """
         await self.forward.wait_ready()
+        if time.perf_counter() > give_up_at:
+            self.metrics.shed.inc()
+            raise ModerationError("overloaded", "the request waited too long for the model; retry shortly")
         return await self.embed(frame)
 
     async def _custom_head(self, label_set: LabelSet) -> Head:

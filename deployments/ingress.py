@@ -16,8 +16,9 @@ from classifiers.errors import ModerationError
 from classifiers.schemas import (
     ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HeadsStatus, HealthResponse,
 )
+from deployments.admission import Admission, AdmissionGate
 from deployments.auth import ApiKeyGate, Gatekeeper
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
@@ -54,6 +55,7 @@ app = FastAPI(
 )
 install_error_handlers(app)
 app.add_middleware(BodySizeLimit)
+app.add_middleware(AdmissionGate)  # after the key check: a caller without a key is not counted
 app.add_middleware(ApiKeyGate)  # added last: runs first
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -65,10 +67,13 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        for handle in (fetcher, model):
+            buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
         app.state.metrics = self.metrics
         app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
+        app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
 
     async def _call(self, response, timeout_s: float | None = None):
         try:

@@ -77,7 +77,16 @@ class RuntimeConfig(_Strict):
         return value
 
 
-class ModelSettings(_Strict):
+class _QueueDeadline(_Strict):
+    queue_deadline_ms: float = Field(
+        500, gt=0, le=60_000, description="Longest a request should wait for its forward pass: "
+        "the ingress admits no more than its models complete in this time (at least "
+        "`min_inflight`), answering the rest 503 `overloaded` at once; a model replica answers "
+        "503 for a request that has waited longer still.",
+    )
+
+
+class ModelSettings(_QueueDeadline):
     """How the ``ClipModel`` replicas load and run the checkpoint."""
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or a local directory.")
@@ -184,9 +193,13 @@ def _check_limit(value: str | None) -> str | None:
     return value
 
 
-class IngressSettings(_Strict):
+class IngressSettings(_QueueDeadline):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    min_inflight: int = Field(
+        32, ge=1, description="Classify requests each ingress replica always admits at once, "
+        "however slowly the models have been answering (see `queue_deadline_ms`).",
+    )
     auth: AuthSettings = AuthSettings()
 
 
