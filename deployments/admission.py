@@ -8,9 +8,13 @@ with a backoff growing to 0.5 s, so freed slots sat empty between polls (with th
 5 ms the same run answered 248 img/s). So requests now wait here, in a queue whose length is set
 by what the model answers: this ingress admits a request while the requests it has in flight
 would be done within ``queue_deadline_ms`` at the rate its requests have been completing
-(Little's law: in flight = rate x time), and never fewer than ``min_inflight``. The rest are
-answered ``503 overloaded`` with Retry-After before their body is read. More model replicas
-complete more requests, so the bound grows with them by itself.
+(Little's law: in flight = rate x time), and never fewer than ``min_inflight``. A request
+holds its place from when its body has been read until the model's answer is back (a URL
+request's download included, since the model call waits for it); while every place is taken,
+new requests are answered ``503 overloaded`` with Retry-After before their body is read.
+More model replicas complete more requests, so the bound grows with them, as long as each
+replica's share (its images/s x ``queue_deadline_ms``) stays above the autoscaler's
+``target_ongoing_requests``: below that, shedding keeps the autoscaler from seeing demand.
 """
 
 from __future__ import annotations
@@ -44,13 +48,18 @@ class Admission:
             self._done.popleft()
         if len(self._done) < MIN_SAMPLES:
             return 0.0
-        return (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-3)  # intervals / span
+        # Over the whole window: answers come in batch-sized bursts, so the span between the
+        # first and last of them would overstate the rate.
+        return len(self._done) / WINDOW_S
 
     def limit(self) -> int:
         return max(self.min_inflight, math.ceil(self.rate() * self.deadline_s))
 
+    def full(self) -> bool:
+        return self.inflight >= self.limit()
+
     def try_enter(self) -> bool:
-        if self.inflight >= self.limit():
+        if self.full():
             return False
         self.inflight += 1
         return True
@@ -66,11 +75,15 @@ class Admission:
         rate = self.rate()
         return max(1, math.ceil(self.inflight / rate)) if rate else 1
 
+    def overloaded(self) -> ModerationError:
+        error = ModerationError("overloaded", "the service is at capacity; retry after the Retry-After seconds")
+        error.retry_after_s = self.retry_after_s()
+        return error
+
 
 class AdmissionGate:
-    """ASGI middleware: ``Admission`` for the classify route, before its body is read.
-
-    Uses ``app.state.admission`` (set by the ingress replica); other routes pass untouched."""
+    """ASGI middleware: while ``app.state.admission`` is full, answer the classify route 503
+    before its body is read (the route itself takes a place once the body is in)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -78,24 +91,8 @@ class AdmissionGate:
     async def __call__(self, scope, receive, send) -> None:
         admission: Admission | None = getattr(scope["app"].state, "admission", None) \
             if scope["type"] == "http" else None
-        if admission is None or route_path(scope) not in GATED_PATHS:
-            return await self.app(scope, receive, send)
-        if not admission.try_enter():
+        if admission is not None and route_path(scope) in GATED_PATHS and admission.full():
             from starlette.requests import Request
 
-            error = ModerationError("overloaded", "the service is at capacity; retry after the Retry-After seconds")
-            response = respond_error(Request(scope), error)
-            response.headers["Retry-After"] = str(admission.retry_after_s())
-            return await response(scope, receive, send)
-        status = 0
-
-        async def watched_send(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched_send)
-        finally:
-            admission.leave(completed=status == 200)
+            return await respond_error(Request(scope), admission.overloaded())(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -138,13 +138,17 @@ class ClipModel:
         labels: Sequence[str] | None = None,
         unsafe_labels: Sequence[str] = (),
         threshold: float | None = None,
+        wait_limit_s: float | None = None,
     ) -> Classification | ModerationError:
         """``classify``, returning bad-input errors instead of raising them (for the ingress:
-        hostile input is routine, not a replica failure to log with a traceback)."""
+        hostile input is routine, not a replica failure to log with a traceback).
+        ``wait_limit_s``: answer 503 ``overloaded`` rather than run a forward pass for a
+        request that has waited this long in this replica (the ingress sets it; handle
+        callers that would rather wait, bulk jobs, leave it out)."""
         try:
             if isinstance(image, ModerationError):
                 return image
-            return await self._classify(image, classifiers, labels, unsafe_labels, threshold)
+            return await self._classify(image, classifiers, labels, unsafe_labels, threshold, wait_limit_s)
         except ModerationError as error:
             return error
 
@@ -155,6 +159,7 @@ class ClipModel:
         labels: Sequence[str] | None,
         unsafe_labels: Sequence[str],
         threshold: float | None,
+        wait_limit_s: float | None = None,
     ) -> Classification:
         trained = self.trained.current  # one set for the whole request, even mid-reload
         names = select_builtins(classifiers, trained.heads)
@@ -163,7 +168,7 @@ class ClipModel:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
-        give_up_at = start + 2 * self.settings.queue_deadline_ms / 1000
+        give_up_at = start + wait_limit_s if wait_limit_s else float("inf")
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
         loop = asyncio.get_running_loop()
         if isinstance(image, np.ndarray):
@@ -207,8 +212,9 @@ class ClipModel:
 
     async def _embed_when_free(self, frame: np.ndarray, give_up_at: float) -> tuple[np.ndarray, int]:
         """Join the next batch once a forward lane is free, unless that came after
-        ``give_up_at`` (twice ``queue_deadline_ms`` after the request reached this replica):
+        ``give_up_at`` (the caller's ``wait_limit_s`` after the request reached this replica):
         then answer 503 ``overloaded`` rather than spend a forward pass on a stale request.
+        (Checked when a lane frees; a frame may still wait in ``embed``'s queue after that.)
 
         ``@serve.batch`` forms a batch as soon as its wait runs out, even while the previous
         batch still runs, so under load it queued many batches of 1-3 images (measured:

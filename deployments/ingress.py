@@ -73,7 +73,7 @@ class Ingress:
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
         app.state.metrics = self.metrics
         app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
-        app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
+        self.admission = app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
 
     async def _call(self, response, timeout_s: float | None = None):
         try:
@@ -92,8 +92,16 @@ class Ingress:
         """Classify one image: a multipart `file`, or JSON with `url` or `image_base64`."""
         start = time.perf_counter()
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
-        image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
-        result = await self._call(self.model.try_classify.remote(image, **parsed.model_kwargs))
+        if not self.admission.try_enter():  # a place from here until the model's answer
+            raise self.admission.overloaded()
+        answered = False
+        try:
+            image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
+            result = await self._call(self.model.try_classify.remote(
+                image, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **parsed.model_kwargs))
+            answered = True
+        finally:
+            self.admission.leave(completed=answered)
         if isinstance(result, ModerationError):
             raise result
         self.metrics.classified(result)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 
 from ray.serve.metrics import Counter, Histogram
 
 from classifiers.results import Classification
+
+logger = logging.getLogger("ray.serve")
 
 MS_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
@@ -48,7 +51,10 @@ class BufferedCounter:
         pending, self._pending = self._pending, collections.Counter()
         self._flush_scheduled = False
         for tags, value in pending.items():
-            self.counter.inc(value, tags=dict(tags))
+            try:
+                self.counter.inc(value, tags=dict(tags))
+            except Exception:  # noqa: BLE001 - one bad record must not lose the others
+                logger.exception("recording a metric failed")
 
     def __getattr__(self, name: str):  # anything else a caller uses: the Ray counter's own
         if name.startswith("__") or name == "counter":
@@ -118,8 +124,9 @@ class ModelMetrics:
             "moderation_model_ms", description="Forward-pass time per batch.", boundaries=MS_BUCKETS,
         )
         self.shed = Counter(
-            "moderation_model_shed", description="Images answered 503 overloaded by a model replica "
-            "because they waited past twice queue_deadline_ms for a forward pass.",
+            "moderation_model_shed", description="Frames (one per still image) a model replica "
+            "answered 503 overloaded because they waited past the caller's wait limit (HTTP "
+            "requests: twice queue_deadline_ms) for a forward pass.",
         )
 
 

@@ -48,7 +48,7 @@ def error_headers(error: ModerationError) -> dict[str, str]:
     if error.code == "rate_limited":
         return {"Retry-After": str(getattr(error, "retry_after_s", 1))}
     if error.code in RETRYABLE:
-        return {"Retry-After": "1"}
+        return {"Retry-After": str(getattr(error, "retry_after_s", 1))}
     return {}
 
 

@@ -77,16 +77,7 @@ class RuntimeConfig(_Strict):
         return value
 
 
-class _QueueDeadline(_Strict):
-    queue_deadline_ms: float = Field(
-        500, gt=0, le=60_000, description="Longest a request should wait for its forward pass: "
-        "the ingress admits no more than its models complete in this time (at least "
-        "`min_inflight`), answering the rest 503 `overloaded` at once; a model replica answers "
-        "503 for a request that has waited longer still.",
-    )
-
-
-class ModelSettings(_QueueDeadline):
+class ModelSettings(_Strict):
     """How the ``ClipModel`` replicas load and run the checkpoint."""
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or a local directory.")
@@ -193,9 +184,15 @@ def _check_limit(value: str | None) -> str | None:
     return value
 
 
-class IngressSettings(_QueueDeadline):
+class IngressSettings(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    queue_deadline_ms: float = Field(
+        500, gt=0, le=60_000, description="Longest a request should wait for its forward pass: "
+        "each ingress replica admits no more classify requests than its models complete in "
+        "this time (at least `min_inflight`) and answers the rest 503 `overloaded` at once; a "
+        "model replica answers 503 to an HTTP request still waiting after twice this.",
+    )
     min_inflight: int = Field(
         32, ge=1, description="Classify requests each ingress replica always admits at once, "
         "however slowly the models have been answering (see `queue_deadline_ms`).",

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from deployments.admission import MIN_SAMPLES, Admission, AdmissionGate
+from deployments.admission import Admission, AdmissionGate
 from deployments.metrics import BufferedCounter
 
 
@@ -28,7 +28,7 @@ def test_the_bound_is_min_inflight_until_the_rate_is_known_then_rate_times_deadl
         clock.now += 0.005
         admission.leave(completed=True)
     assert admission.limit() == 4
-    for _ in range(4 * MIN_SAMPLES):  # 200 completions/s, steadily
+    for _ in range(500):  # 200 completions/s, steadily, for longer than the window
         admission.try_enter()
         clock.now += 0.005
         admission.leave(completed=True)
@@ -49,7 +49,7 @@ def test_failed_requests_leave_without_counting_as_service():
     assert admission.inflight == 0 and admission.rate() == 0
 
 
-def test_the_gate_sheds_classify_past_the_bound_before_reading_the_body():
+def test_the_gate_sheds_classify_while_full_before_reading_the_body():
     app = FastAPI()
     app.add_middleware(AdmissionGate)
     app.state.admission = Admission(queue_deadline_s=0.5, min_inflight=1)
@@ -65,15 +65,14 @@ def test_the_gate_sheds_classify_past_the_bound_before_reading_the_body():
         return {"ok": True}
 
     with TestClient(app) as client:
-        app.state.admission.inflight = 1  # one request already in flight: the bound is reached
+        app.state.admission.inflight = 1  # every place taken
         shed = client.post("/v1/classify", content=b"x" * 1000)
         assert shed.status_code == 503 and shed.headers["Retry-After"] == "1"
         assert shed.json()["error"]["code"] == "overloaded" and bodies_read == []
         assert client.get("/healthz").status_code == 200  # other routes are never gated
         app.state.admission.inflight = 0
         assert client.post("/v1/classify", content=b"x" * 10).status_code == 200
-        assert bodies_read == [10] and app.state.admission.inflight == 0
-        assert app.state.admission.rate() == 0 and len(app.state.admission._done) == 1
+        assert bodies_read == [10]  # the route takes a place itself, once the body is in
 
 
 class FakeCounter:
