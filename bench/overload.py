@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     peak, over = report["peak"], report["overload"]
     report["goodput_ratio"] = round(over["goodput"] / peak["goodput"], 3) if peak["goodput"] else None
     Path(args.output).write_text(json.dumps(report, indent=2))
-    print(f"| load | goodput img/s | 200 p50 / p99 ms | 503s | 503 p50 / p99 ms | other |\n|---|---|---|---|---|---|")
+    print("| load | goodput img/s | 200 p50 / p99 ms | 503s | 503 p50 / p99 ms | other |\n|---|---|---|---|---|---|")
     for name in ("peak", "overload"):
         r = report[name]
         print(f"| c={r['concurrency']} {r['wall_s']} s | {r['goodput']} | {r['ok_p50_ms']} / {r['ok_p99_ms']} | "
