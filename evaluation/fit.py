@@ -79,12 +79,11 @@ def fit_linear(x: np.ndarray, y: np.ndarray, exclusive: bool, l2: float,
 
 
 def probabilities(fit: LinearFit, x: np.ndarray, exclusive: bool) -> np.ndarray:
+    """Row-wise softmax (exclusive) or per-label sigmoid, with the service's own functions."""
+    from classifiers.scoring import sigmoid, softmax
+
     z = fit.logits(x)
-    if exclusive:
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-z))
+    return softmax(z) if exclusive else sigmoid(z)
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, exclusive: bool) -> float:

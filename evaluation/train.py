@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ class TrainOptions:
     cache: str | None = None
     batch_size: int = 32
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def targets(samples: list[Sample], opts: TrainOptions) -> tuple[list[str], LabelSet, np.ndarray, np.ndarray]:
@@ -190,7 +189,6 @@ def train(samples: list[Sample], encoder, opts: TrainOptions) -> dict:
             "init": opts.init.name if opts.init is not None else None, "l2": cv.fit.l2,
             "l2_out_of_fold_log_loss": {f"{k:g}": round(v, 5) for k, v in cv.losses.items()},
             "threshold_rule": rule, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **opts.extra,
         },
     }
     head = TrainedHead(label_set, cv.fit.weight, cv.fit.bias, fingerprint(encoder), meta)
