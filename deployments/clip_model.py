@@ -22,7 +22,7 @@ from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
-from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, name_os_thread
+from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, worker_thread
 from deployments.head_registry import HeadRegistry
 from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
@@ -68,11 +68,11 @@ class ClipModel:
         # decodes get a small pool of their own so they cannot flood the CPU. Every torch call
         # (load, trace, text heads, forwards) runs on a lane's thread.
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode",
-                                               initializer=name_os_thread, initargs=("decode",))
+                                               initializer=worker_thread, initargs=("decode", settings.nice))
         threads = _torch_threads(settings.torch_threads)
         lanes = settings.forward_lanes or default_lanes(resolve_device(settings.device), threads)
         self.forward = ForwardLanes(
-            partial(load_clip, settings.model, settings.device, settings.dtype), threads, lanes
+            partial(load_clip, settings.model, settings.device, settings.dtype), threads, lanes, settings.nice
         )
         self.encoder = self.forward.encoder
         self.heads = self.forward.run_sync(self._builtin_heads)
@@ -169,18 +169,18 @@ class ClipModel:
             heads.append(await self._custom_head(custom))
         start = time.perf_counter()
         give_up_at = start + wait_limit_s if wait_limit_s else float("inf")
-        spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
-        loop = asyncio.get_running_loop()
-        if isinstance(image, np.ndarray):
-            frames = await loop.run_in_executor(self._decode_pool, prepare_array, image, spec, max_pixels)
-        else:
-            frames = await loop.run_in_executor(
-                self._decode_pool, decode_frames, image, spec, max_pixels,
-                self.settings.jpeg_draft, self.settings.max_frames,
-            )
-        decoded = time.perf_counter()
-        self.metrics.decode_ms.observe((decoded - start) * 1000)
-        embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
+        try:
+            frames = await self._decode(image)
+            decoded = time.perf_counter()
+            self.metrics.decode_ms.observe((decoded - start) * 1000)
+            embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
+        except asyncio.CancelledError:
+            # The caller went away (Serve cancels a request whose HTTP client disconnected, and
+            # the ingress's call on its timeout): a decode not yet started is skipped, a frame
+            # waiting for a lane or in embed's queue never reaches a forward pass (@serve.batch
+            # leaves cancelled requests out of the batch it forms).
+            self.metrics.abandoned.inc()
+            raise
         embedding = np.stack([e for e, _ in embedded])
         done = time.perf_counter()
         thresholds = self.runtime.thresholds
@@ -198,6 +198,16 @@ class ClipModel:
             batch_size=max(size for _, size in embedded),
         )
 
+    async def _decode(self, image: bytes | np.ndarray) -> list[np.ndarray]:
+        spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
+        loop = asyncio.get_running_loop()
+        if isinstance(image, np.ndarray):
+            return await loop.run_in_executor(self._decode_pool, prepare_array, image, spec, max_pixels)
+        return await loop.run_in_executor(
+            self._decode_pool, decode_frames, image, spec, max_pixels,
+            self.settings.jpeg_draft, self.settings.max_frames,
+        )
+
     # reconfigure() sets the size and the wait; a batch per forward lane runs at once.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_LANES)
     async def embed(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
@@ -208,6 +218,7 @@ class ClipModel:
         embeddings = await self.forward.encode(pixels)
         self.metrics.model_ms.observe((time.perf_counter() - start) * 1000)
         self.metrics.batch_size.observe(len(pixels))
+        self.metrics.images.inc(len(pixels))
         return [(embedding, len(pixels)) for embedding in embeddings]
 
     async def _embed_when_free(self, frame: np.ndarray, give_up_at: float) -> tuple[np.ndarray, int]:

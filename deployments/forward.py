@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -35,11 +36,11 @@ class Lane:
     counts (both are per-thread settings), so lanes with different counts coexist.
     """
 
-    def __init__(self, name: str, threads: int) -> None:
+    def __init__(self, name: str, threads: int, nice: int = 0) -> None:
         self.name, self.threads = name, threads
         self.tower = None  # None: the encoder's default tower
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=name_os_thread,
-                                        initargs=(name,))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=worker_thread,
+                                        initargs=(name, nice))
         self.submit(_set_torch_threads, threads).result()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -47,6 +48,29 @@ class Lane:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def worker_thread(name: str, nice: int = 0) -> None:
+    """Initialise a replica's worker thread: its OS name, and ``nice`` added to its CPU
+    niceness (threads it starts, e.g. OpenMP's, inherit it)."""
+    name_os_thread(name)
+    lower_priority(nice)
+
+
+def lower_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux: niceness is per thread).
+
+    On a machine the model shares with the ingress, the proxy and the fetcher, its forward
+    passes and decodes then yield the CPU to them whenever they have work: that work is short
+    and on every request's path, and a 503 waiting behind a forward pass is no longer fast.
+    The model still gets every cycle the others leave, so its throughput does not drop.
+    Raising niceness needs no privilege; best effort.
+    """
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            logger.warning("could not lower this thread's CPU priority by %d", nice)
 
 
 def name_os_thread(name: str) -> None:
@@ -88,19 +112,19 @@ class ForwardLanes:
     from one event loop.
     """
 
-    def __init__(self, load: Callable[[], ClipEncoder], threads: int, lanes: int) -> None:
+    def __init__(self, load: Callable[[], ClipEncoder], threads: int, lanes: int, nice: int = 0) -> None:
         if not 1 <= lanes <= MAX_LANES:
             raise ValueError(f"lanes must be 1..{MAX_LANES}, got {lanes}")
         if lanes > threads:  # one thread is the least a lane can have
             logger.warning("%d forward lanes asked for, but only %d torch threads: running %d",
                            lanes, threads, threads)
             lanes = threads
-        self.whole = Lane("forward", threads)
+        self.whole = Lane("forward", threads, nice)
         self.encoder: ClipEncoder = self.whole.submit(load).result()
         if lanes == 1:
             self.lanes = [self.whole]
         else:
-            self.lanes = [Lane(f"forward-{i}", n) for i, n in enumerate(split_threads(threads, lanes))]
+            self.lanes = [Lane(f"forward-{i}", n, nice) for i, n in enumerate(split_threads(threads, lanes))]
             for lane in self.lanes:
                 lane.tower = lane.submit(self.encoder.traced_tower).result()
         _set_torch_threads(threads)  # threads not yet started take torch's last global setting

@@ -128,6 +128,14 @@ class ModelMetrics:
             "answered 503 overloaded because they waited past the caller's wait limit (HTTP "
             "requests: twice queue_deadline_ms) for a forward pass.",
         )
+        self.images = Counter(
+            "moderation_model_images", description="Images (frames) that went through a forward pass.",
+        )
+        self.abandoned = Counter(
+            "moderation_model_abandoned", description="Requests whose caller went away (the "
+            "client disconnected, or the ingress gave up) before their answer: those still "
+            "decoding or waiting for a forward pass were dropped without one.",
+        )
 
 
 def _decision(flagged: bool) -> str:

@@ -99,6 +99,12 @@ class ModelSettings(_Strict):
     )
     custom_head_cache_size: int = Field(256, ge=1)
     decode_threads: int = Field(2, ge=1, le=64, description="Image decode threads per replica.")
+    nice: int = Field(
+        10, ge=0, le=19, description="Added to the CPU niceness of each model replica's forward "
+        "and decode threads, so the ingress, proxy and fetcher on the same machine run first "
+        "when they have work (fast 503s under overload); the model still gets every idle cycle. "
+        "0: same priority as everything else.",
+    )
     heads_dir: str | None = Field(
         None, description="A folder of trained heads (`moderation train`), each served as a "
         "classifier; every model replica must be able to read it (a shared path on a cluster).",

@@ -299,6 +299,53 @@ def test_overload_sheds_fast_503s_and_recovers(http, service):
     assert upload(http).status_code == 200
 
 
+def test_requests_whose_client_went_away_never_reach_a_forward_pass(service):
+    """20 slow-to-decode uploads at once, each client gone after 0.3 s: the model replica
+    drops the ones still decoding or queued (2 decode threads, ~100 ms an image), so far fewer
+    than 20 images reach a forward pass. Without the cancellation all 20 would."""
+    url, body, sent = service["url"] + "/guarded/v1/classify", slow_png(), 20
+    port = service["metrics_port"]
+
+    def counts() -> tuple[float, float]:
+        text = scrape(port)
+        return (sample(text, "ray_moderation_model_images_total", application="guarded"),
+                sample(text, "ray_moderation_model_abandoned_total", application="guarded"))
+
+    async def impatient() -> list:
+        timeout = aiohttp.ClientTimeout(total=0.3)
+        headers = {"Authorization": f"Bearer {ALICE}"}
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            async def one():
+                form = aiohttp.FormData()
+                form.add_field("file", body, filename="a.png", content_type="image/png")
+                try:
+                    async with session.post(url, data=form) as response:
+                        await response.read()
+                        return response.status
+                except (asyncio.TimeoutError, aiohttp.ClientError):
+                    return "gone"
+
+            return await asyncio.gather(*(one() for _ in range(sent)))
+
+    assert httpx.post(url, files={"file": ("a.jpg", PHOTO, "image/jpeg")},
+                      headers={"Authorization": f"Bearer {ALICE}"}, timeout=30).status_code == 200
+    time.sleep(2)  # earlier samples reported
+    images_before, abandoned_before = counts()
+    outcomes = asyncio.run(impatient())
+    answered = sum(1 for o in outcomes if o == 200)
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(1)
+        images, abandoned = (now - before for now, before in zip(counts(), (images_before, abandoned_before)))
+        if abandoned >= sent - answered or time.monotonic() > deadline:
+            break
+    time.sleep(2)  # any forward pass still running is counted by now
+    images, _ = (now - before for now, before in zip(counts(), (images_before, abandoned_before)))
+    print(f"{sent} sent, {answered} answered in time, {abandoned:.0f} abandoned, {images:.0f} forward-passed")
+    assert sent - answered - 3 <= abandoned <= sent - answered, outcomes  # a few may leave before the model
+    assert images <= answered + 6  # at most the decodes under way when the clients left
+
+
 def test_killed_model_replica_is_replaced_and_clients_retry(service):
     def replica_pid() -> int:
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)

@@ -2,6 +2,7 @@
 encoder giving the same embeddings whichever way a batch is split."""
 
 import asyncio
+import os
 import threading
 from functools import partial
 
@@ -75,6 +76,17 @@ def test_each_lane_thread_keeps_its_own_torch_thread_count(fake):
     counts = [lane.submit(torch.get_num_threads).result() for lane in [forward.whole, *forward.lanes]]
     assert counts == [2, 1, 1]
     assert forward.layout == "1 + 1 threads"
+
+
+def test_lane_threads_run_at_the_niceness_asked_for_and_the_caller_keeps_its_own():
+    own = os.nice(0)
+    forward = ForwardLanes(RecordingEncoder, threads=2, lanes=2, nice=5)
+    try:
+        niceness = [lane.submit(os.nice, 0).result() for lane in [forward.whole, *forward.lanes]]
+    finally:
+        forward.shutdown()
+    assert niceness == [min(19, own + 5)] * 3
+    assert os.nice(0) == own
 
 
 def test_a_lone_image_runs_on_all_threads_and_a_batch_is_split_over_the_lanes(fake):
