@@ -84,16 +84,26 @@ class Answer:
     message: str | None = None  # and its message
 
 
+@dataclass
+class TimedRun:
+    """A timed run's answers, the wall time until the last one, and how late the load
+    generator's own event loop ran (ms, sampled every 10 ms): a request's time includes that."""
+
+    answers: list[Answer]
+    wall_s: float
+    loop_lag_ms: list[float]
+
+
 async def _timed(url: str, images: list[bytes], concurrency: int, seconds: float, form: dict[str, str],
-                 timeout_s: float, honour_retry_after: bool) -> tuple[list[Answer], float]:
+                 timeout_s: float, honour_retry_after: bool, offset: int = 0, pause_s: float = 0.0) -> TimedRun:
     answers: list[Answer] = []
+    lag: list[float] = []
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         deadline = time.perf_counter() + seconds
 
-        async def worker(offset: int) -> None:
-            i = offset
+        async def worker(i: int) -> None:
             while time.perf_counter() < deadline:
                 data = aiohttp.FormData()
                 data.add_field("file", images[i % len(images)], filename="image.jpg", content_type="image/jpeg")
@@ -117,20 +127,57 @@ async def _timed(url: str, images: list[bytes], concurrency: int, seconds: float
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     answers.append(Answer(0, time.perf_counter() - start, None, "no_answer"))
                     continue
+                wait = pause_s
                 if honour_retry_after and response.status in (429, 503) and retry_after:
-                    # as the project's clients do; never past the end of the run
-                    await asyncio.sleep(min(float(retry_after), max(0.0, deadline - time.perf_counter())))
+                    wait = max(wait, float(retry_after))  # as the project's clients do
+                if wait:  # never past the end of the run
+                    await asyncio.sleep(min(wait, max(0.0, deadline - time.perf_counter())))
+
+        async def watch_loop() -> None:
+            while time.perf_counter() < deadline:
+                before = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lag.append((time.perf_counter() - before - 0.01) * 1000)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        await asyncio.gather(watch_loop(), *(worker(offset + k) for k in range(concurrency)))
         wall = time.perf_counter() - start
-    return answers, wall
+    return TimedRun(answers, wall, lag)
+
+
+def _timed_in_process(kwargs: dict) -> TimedRun:
+    return asyncio.run(_timed(**kwargs))
+
+
+def run_together(runs: list[dict]) -> list[TimedRun]:
+    """Several timed runs at once, each in a process of its own (``runs``: ``_timed``'s
+    keyword arguments), so one Python event loop's lag does not show in another's times."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(len(runs)) as pool:
+        return pool.map(_timed_in_process, runs)
+
+
+def merged(runs: list[TimedRun]) -> TimedRun:
+    return TimedRun([a for run in runs for a in run.answers], max(run.wall_s for run in runs),
+                    [lag for run in runs for lag in run.loop_lag_ms])
+
+
+def share(url: str, images: list[bytes], concurrency: int, seconds: float, processes: int,
+          **options) -> list[dict]:
+    """``concurrency`` clients shared out over ``processes`` runs for ``run_together``."""
+    counts = [concurrency // processes + (k < concurrency % processes) for k in range(processes)]
+    return [dict(url=url, images=images, concurrency=n, seconds=seconds, offset=sum(counts[:k]), **options)
+            for k, n in enumerate(counts) if n]
 
 
 def run_for(url: str, images: list[bytes], concurrency: int, seconds: float,
             form: dict[str, str] | None = None, timeout_s: float = 60,
-            honour_retry_after: bool = True) -> tuple[list[Answer], float]:
+            honour_retry_after: bool = True, processes: int = 1, pause_s: float = 0.0) -> TimedRun:
     """Closed-loop uploads with ``concurrency`` clients for ``seconds`` (no new request after
-    that), each waiting out a 429/503's Retry-After before its next request unless told not
-    to; every answer with its status and time, and the wall time until the last one."""
-    return asyncio.run(_timed(url, images, concurrency, seconds, form or {}, timeout_s, honour_retry_after))
+    that), each waiting ``pause_s`` between requests and out a 429/503's Retry-After unless
+    told not to; ``processes`` > 1 shares the clients out over that many processes."""
+    options = dict(form=form or {}, timeout_s=timeout_s, honour_retry_after=honour_retry_after, pause_s=pause_s)
+    if processes <= 1:
+        return asyncio.run(_timed(url, images, concurrency, seconds, **options))
+    return merged(run_together(share(url, images, concurrency, seconds, processes, **options)))
