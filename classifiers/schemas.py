@@ -55,6 +55,30 @@ class ClassifyJsonRequest(ClassifyOptions):
         return self
 
 
+class BatchImage(BaseModel):
+    """One image of ``POST /v1/classify/batch``: exactly one of ``url`` or ``image_base64``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, min_length=1, max_length=4096)
+    image_base64: str | None = Field(None, description="The image file, base64-encoded.")
+    id: str | None = Field(None, max_length=256, description="Yours: echoed in this image's item.")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "BatchImage":
+        if (self.url is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of `url` or `image_base64`")
+        return self
+
+
+class ClassifyBatchJsonRequest(ClassifyOptions):
+    """JSON body of ``POST /v1/classify/batch``: many images, one set of options for all."""
+
+    images: list[BatchImage] = Field(
+        min_length=1, description="At most `max_images_per_request` (server setting, 32 by default).",
+    )
+
+
 class ClassifierResult(BaseModel):
     """One classifier's verdict."""
 
@@ -106,6 +130,62 @@ class ClassifyResponse(BaseModel):
                 total_ms=round(total_ms, 2), decode_ms=result.decode_ms,
                 inference_ms=result.inference_ms, batch_size=result.batch_size,
             ),
+        )
+
+
+class ItemError(BaseModel):
+    """Why one image of a multi-image request has no result: the code and status it would
+    have had as a request of its own."""
+
+    code: str = Field(examples=["image_decode_error"])
+    message: str
+    status: int = Field(examples=[422])
+
+
+class BatchItem(BaseModel):
+    """One image's outcome, in the order the images were sent: a result, or an error."""
+
+    index: int
+    id: str | None = Field(None, description="The image's `id` (JSON) or file name (multipart).")
+    flagged: bool | None = None
+    results: dict[str, ClassifierResult] | None = None
+    timing: Timing | None = None
+    error: ItemError | None = None
+
+
+class ClassifyBatchResponse(BaseModel):
+    """``POST /v1/classify/batch`` result: one item per image, in order."""
+
+    request_id: str
+    model: str | None = Field(description="The checkpoint that served (none if no image was classified).")
+    model_family: str | None = None
+    flagged: bool = Field(description="True if any image was flagged.")
+    errors: int = Field(description="How many items carry an error instead of a result.")
+    items: list[BatchItem]
+    total_ms: float
+
+    @classmethod
+    def from_outcomes(
+        cls, outcomes: list, ids: list[str | None], request_id: str, total_ms: float
+    ) -> "ClassifyBatchResponse":
+        """The API view of each image's ``Classification`` or ``ModerationError`` (pure)."""
+        items, served = [], None
+        for index, (outcome, item_id) in enumerate(zip(outcomes, ids, strict=True)):
+            if hasattr(outcome, "results"):
+                # an item's total: its time in the model replica (decode, wait, forward pass)
+                one = ClassifyResponse.from_classification(outcome, request_id,
+                                                           outcome.decode_ms + outcome.inference_ms)
+                items.append(BatchItem(index=index, id=item_id, flagged=one.flagged, results=one.results,
+                                       timing=one.timing))
+                served = served or outcome
+            else:
+                items.append(BatchItem(index=index, id=item_id, error=ItemError(
+                    code=outcome.code, message=outcome.message, status=outcome.status)))
+        return cls(
+            request_id=request_id, model=served.model if served else None,
+            model_family=served.model_family if served else None,
+            flagged=any(item.flagged for item in items), errors=sum(item.error is not None for item in items),
+            items=items, total_ms=round(total_ms, 2),
         )
 
 

@@ -8,7 +8,8 @@ with a backoff growing to 0.5 s, so freed slots sat empty between polls (with th
 5 ms the same run answered 248 img/s). So requests now wait here, in a queue whose length is set
 by what the model answers: this ingress admits a request while the requests it has in flight
 would be done within ``queue_deadline_ms`` at the rate its requests have been completing
-(Little's law: in flight = rate x time), and never fewer than ``min_inflight``. A request
+(Little's law: in flight = rate x time), and never fewer than ``min_inflight``; places and
+the rate count images, so a multi-image request takes one place per image. A request
 holds its place from when its body has been read until the model's answer is back (a URL
 request's download included, since the model call waits for it); while every place is taken,
 new requests are answered ``503 overloaded`` with Retry-After before their body is read.
@@ -28,7 +29,7 @@ from classifiers.errors import ModerationError
 from deployments.auth import route_path
 from deployments.responses import respond_error
 
-GATED_PATHS = frozenset({"/v1/classify"})
+GATED_PATHS = frozenset({"/v1/classify", "/v1/classify/batch"})
 WINDOW_S = 2.0  # completions counted over this long
 MIN_SAMPLES = 8  # fewer completions than this in the window: the rate is not trusted yet
 
@@ -58,17 +59,21 @@ class Admission:
     def full(self) -> bool:
         return self.inflight >= self.limit()
 
-    def try_enter(self) -> bool:
+    def try_enter(self, images: int = 1) -> bool:
+        """Take a place per image, unless every place is taken (a multi-image request that
+        finds room may take more than are left: it is not refused for its size alone)."""
         if self.full():
             return False
-        self.inflight += 1
+        self.inflight += images
         return True
 
-    def leave(self, completed: bool) -> None:
-        """One admitted request is over; ``completed``: the model answered it (counts in the rate)."""
-        self.inflight -= 1
+    def leave(self, completed: bool, images: int = 1) -> None:
+        """An admitted request is over; ``completed``: the model answered it (its images count
+        in the rate)."""
+        self.inflight -= images
         if completed:
-            self._done.append(self.clock())
+            now = self.clock()
+            self._done.extend([now] * images)
 
     def retry_after_s(self) -> int:
         """Seconds until what is in flight now should be done: at least 1."""

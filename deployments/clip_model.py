@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -22,6 +23,7 @@ from classifiers.preprocess import decode_frames, prepare_array
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification
 from classifiers.scoring import score
+from classifiers.trained import HeadSet
 from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, worker_thread
 from deployments.head_registry import HeadRegistry
 from deployments.metrics import ModelMetrics
@@ -53,6 +55,16 @@ def _load_temperatures(settings: ModelSettings) -> dict[str, float]:
     found = temperatures(calibration)
     logger.info("calibration %s: temperatures %s", settings.calibration, found)
     return found
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What runs on each image of a request: built-in and trained heads, chosen once."""
+
+    names: tuple[str, ...]  # built-in and trained classifiers, in the answer's order
+    heads: tuple[Head, ...]  # built-ins and the custom head (if any): scored from the logits
+    trained: HeadSet
+    custom: bool
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
@@ -152,6 +164,48 @@ class ClipModel:
         except ModerationError as error:
             return error
 
+    async def try_classify_many(
+        self,
+        *images: bytes | np.ndarray | ModerationError,
+        classifiers: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        unsafe_labels: Sequence[str] = (),
+        threshold: float | None = None,
+        wait_limit_s: float | None = None,
+    ) -> list[Classification | ModerationError] | ModerationError:
+        """``try_classify`` for many images with one set of options, in one call: each image
+        joins the batches on its own, and each gets its result or its own error, in order.
+        The images are separate arguments so that Serve resolves each fetcher answer among
+        them. An error in the options (an unknown head) is returned for the whole call."""
+        try:
+            plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
+        except ModerationError as error:
+            return error
+        return list(await asyncio.gather(*(self._try_run(image, plan, wait_limit_s) for image in images)))
+
+    async def _try_run(self, image, plan: _Plan, wait_limit_s: float | None) -> Classification | ModerationError:
+        if isinstance(image, ModerationError):
+            return image
+        try:
+            return await self._run(image, plan, wait_limit_s)
+        except ModerationError as error:
+            return error
+
+    async def _plan(
+        self,
+        classifiers: Sequence[str] | None,
+        labels: Sequence[str] | None,
+        unsafe_labels: Sequence[str],
+        threshold: float | None,
+    ) -> _Plan:
+        trained = self.trained.current  # one set for the whole request, even mid-reload
+        names = select_builtins(classifiers, trained.heads)
+        heads = [self.heads[name] for name in names if name in self.heads]
+        if labels:
+            custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
+            heads.append(await self._custom_head(custom))
+        return _Plan(tuple(names), tuple(heads), trained, bool(labels))
+
     async def _classify(
         self,
         image: bytes | np.ndarray,
@@ -161,12 +215,10 @@ class ClipModel:
         threshold: float | None,
         wait_limit_s: float | None = None,
     ) -> Classification:
-        trained = self.trained.current  # one set for the whole request, even mid-reload
-        names = select_builtins(classifiers, trained.heads)
-        heads = [self.heads[name] for name in names if name in self.heads]
-        if labels:
-            custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
-            heads.append(await self._custom_head(custom))
+        return await self._run(image, await self._plan(classifiers, labels, unsafe_labels, threshold), wait_limit_s)
+
+    async def _run(self, image: bytes | np.ndarray, plan: _Plan, wait_limit_s: float | None) -> Classification:
+        names, heads, trained = plan.names, plan.heads, plan.trained
         start = time.perf_counter()
         give_up_at = start + wait_limit_s if wait_limit_s else float("inf")
         try:
@@ -192,7 +244,7 @@ class ClipModel:
         return Classification(
             model=self.encoder.name,
             model_family=self.encoder.family.name,
-            results=tuple(results[name] for name in (*names, *([CUSTOM_NAME] if labels else []))),
+            results=tuple(results[name] for name in (*names, *([CUSTOM_NAME] if plan.custom else []))),
             decode_ms=round((decoded - start) * 1000, 2),
             inference_ms=round((done - decoded) * 1000, 2),
             batch_size=max(size for _, size in embedded),

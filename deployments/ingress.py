@@ -14,12 +14,13 @@ from ray.serve.handle import DeploymentHandle
 
 from classifiers.errors import ModerationError
 from classifiers.schemas import (
-    ClassifiersResponse, ClassifyJsonRequest, ClassifyResponse, HeadsStatus, HealthResponse,
+    ClassifiersResponse, ClassifyBatchJsonRequest, ClassifyBatchResponse, ClassifyJsonRequest,
+    ClassifyResponse, HeadsStatus, HealthResponse,
 )
 from deployments.admission import Admission, AdmissionGate
 from deployments.auth import ApiKeyGate, Gatekeeper
 from deployments.metrics import IngressMetrics, buffer_handle_counter
-from deployments.parsing import BodySizeLimit, body_limit, parse_classify_request
+from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
 )
@@ -36,6 +37,20 @@ MULTIPART_SCHEMA = {
         "unsafe_labels": {"type": "array", "items": {"type": "string"}},
         "threshold": {"type": "number"},
     },
+}
+BATCH_MULTIPART_SCHEMA = {
+    **MULTIPART_SCHEMA,
+    "properties": {**MULTIPART_SCHEMA["properties"],
+                   "file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": BATCH_MULTIPART_SCHEMA},
+            "application/json": {"schema": ClassifyBatchJsonRequest.model_json_schema()},
+        },
+    }
 }
 CLASSIFY_BODY = {
     "requestBody": {
@@ -71,6 +86,7 @@ class Ingress:
             buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
+        app.state.body_limits = {"/v1/classify/batch": settings.max_request_bytes}
         app.state.metrics = self.metrics
         app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
         self.admission = app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
@@ -108,6 +124,46 @@ class Ingress:
         total_ms = (time.perf_counter() - start) * 1000
         response = ClassifyResponse.from_classification(result, request_id_of(request), total_ms)
         # Already a validated model: serialise once (response_model still documents it).
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    @app.post(
+        "/v1/classify/batch", response_model=ClassifyBatchResponse, responses=ERROR_RESPONSES,
+        openapi_extra=BATCH_BODY,
+    )
+    async def classify_batch(self, request: Request) -> Response:
+        """Classify many images with one set of options: multipart `file` repeated, or JSON
+        `images: [{url | image_base64, id?}]`. One item per image, in order: its result, or
+        its own error (one bad image never fails the others)."""
+        start = time.perf_counter()
+        settings = self.settings
+        parsed = await parse_batch_request(request, settings.max_upload_bytes, settings.max_images_per_request,
+                                           settings.max_request_bytes)
+        runnable = [entry for entry in parsed.entries if entry.error is None]
+        outcomes: list = []
+        if runnable:
+            if not self.admission.try_enter(len(runnable)):  # a place per image
+                raise self.admission.overloaded()
+            answered = False
+            try:
+                images = [self.fetcher.fetch.remote(e.url) if e.url is not None else e.data for e in runnable]
+                outcomes = await self._call(self.model.try_classify_many.remote(
+                    *images, wait_limit_s=2 * settings.queue_deadline_ms / 1000, **parsed.model_kwargs))
+                answered = True
+            finally:
+                self.admission.leave(completed=answered, images=len(runnable))
+            if isinstance(outcomes, ModerationError):  # the options, for every image
+                raise outcomes
+        ran = iter(outcomes)
+        results = [entry.error if entry.error is not None else next(ran) for entry in parsed.entries]
+        for result in results:
+            if isinstance(result, ModerationError):
+                self.metrics.failed(result.code)
+            else:
+                self.metrics.classified(result)
+        response = ClassifyBatchResponse.from_outcomes(
+            results, [entry.id for entry in parsed.entries], request_id_of(request),
+            (time.perf_counter() - start) * 1000,
+        )
         return Response(response.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/classifiers", response_model=ClassifiersResponse)

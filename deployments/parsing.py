@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from classifiers.errors import ModerationError
 from classifiers.labels import custom_label_set
 from classifiers.registry import select_builtins
 from classifiers.trained import NAME_PATTERN
-from classifiers.schemas import ClassifyJsonRequest, ClassifyOptions
+from deployments.auth import route_path
+from classifiers.schemas import ClassifyBatchJsonRequest, ClassifyJsonRequest, ClassifyOptions
 
 MULTIPART_OVERHEAD = 64 * 1024  # room for form fields and boundaries around the file
 LIST_FIELDS = ("classifiers", "labels", "unsafe_labels")
@@ -29,6 +31,25 @@ class ClassifyInput:
     options: ClassifyOptions
     data: bytes | None = None
     url: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One image of a multi-image request: its bytes or URL, or why it cannot be run."""
+
+    id: str | None = None
+    data: bytes | None = None
+    url: str | None = None
+    error: ModerationError | None = None
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """A validated multi-image request: one set of options, the images in order."""
+
+    options: ClassifyOptions
+    entries: list[BatchEntry]
     model_kwargs: dict = field(default_factory=dict)
 
 
@@ -62,8 +83,9 @@ def body_limit(max_image_bytes: int) -> int:
 
 
 class BodySizeLimit:
-    """ASGI middleware: stop reading a body past ``app.state.max_body_bytes`` (413), also for
-    chunked uploads that declare no Content-Length. Checked as the bytes arrive."""
+    """ASGI middleware: stop reading a body past ``app.state.max_body_bytes`` (413; a route in
+    ``app.state.body_limits`` has its own), also for chunked uploads that declare no
+    Content-Length. Checked as the bytes arrive."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -71,7 +93,8 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = getattr(scope["app"].state, "max_body_bytes", None)
+        state = scope["app"].state
+        limit = getattr(state, "body_limits", {}).get(route_path(scope), getattr(state, "max_body_bytes", None))
         seen = 0
 
         async def limited_receive():
@@ -145,26 +168,31 @@ def _form_list(values: list[str]) -> list[str]:
     return values
 
 
+def _form_options(form, file_field: str = "file") -> ClassifyOptions:
+    """The options of a multipart form (every field but the files)."""
+    fields = {}
+    for name in LIST_FIELDS:
+        values = [v for v in form.getlist(name) if isinstance(v, str)]
+        if values:
+            fields[name] = _form_list(values)
+    if form.get("threshold"):
+        fields["threshold"] = form.get("threshold")
+    unknown = set(form.keys()) - {file_field, "threshold", *LIST_FIELDS}
+    if unknown:
+        raise ModerationError("invalid_request", f"unknown form fields {sorted(unknown)}")
+    try:
+        return ClassifyOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise ModerationError("invalid_request", _validation_message(exc)) from None
+
+
 async def _parse_multipart(request: Request, max_bytes: int) -> ClassifyInput:
     form = await request.form(max_files=1, max_fields=400)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ModerationError("invalid_request", "multipart requests need a `file` part")
-        fields = {}
-        for name in LIST_FIELDS:
-            values = [v for v in form.getlist(name) if isinstance(v, str)]
-            if values:
-                fields[name] = _form_list(values)
-        if form.get("threshold"):
-            fields["threshold"] = form.get("threshold")
-        unknown = set(form.keys()) - {"file", "threshold", *LIST_FIELDS}
-        if unknown:
-            raise ModerationError("invalid_request", f"unknown form fields {sorted(unknown)}")
-        try:
-            options = ClassifyOptions.model_validate(fields)
-        except ValidationError as exc:
-            raise ModerationError("invalid_request", _validation_message(exc)) from None
+        options = _form_options(form)
         data = await upload.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
@@ -188,4 +216,71 @@ async def parse_classify_request(request: Request, max_bytes: int) -> ClassifyIn
     raise ModerationError(
         "unsupported_media_type",
         "send multipart/form-data with a `file` part, or application/json with `url` or `image_base64`",
+    )
+
+
+def _too_many(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise ModerationError("invalid_request", f"{count} images in one request; at most {max_images}")
+
+
+def _decode_batch_json(body: bytes, max_bytes: int, max_images: int) -> BatchInput:
+    try:
+        parsed = ClassifyBatchJsonRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ModerationError("invalid_request", _validation_message(exc)) from None
+    _too_many(len(parsed.images), max_images)
+    kwargs = _model_kwargs(parsed)
+    entries = []
+    for image in parsed.images:
+        if image.url is not None:
+            entries.append(BatchEntry(image.id, url=image.url))
+            continue
+        try:
+            entries.append(BatchEntry(image.id, data=decode_base64(image.image_base64, max_bytes)))
+        except ModerationError as error:  # this image only
+            entries.append(BatchEntry(image.id, error=error))
+    return BatchInput(parsed, entries, kwargs)
+
+
+async def _parse_batch_multipart(request: Request, max_bytes: int, max_images: int) -> BatchInput:
+    try:
+        form = await request.form(max_files=max_images, max_fields=400)
+    except HTTPException as exc:  # starlette: too many files or fields, a malformed body
+        raise ModerationError("invalid_request", str(exc.detail)) from None
+    try:
+        uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
+        if not uploads or len(uploads) != len(form.getlist("file")):
+            raise ModerationError("invalid_request", "multipart requests need one or more `file` parts (files)")
+        _too_many(len(uploads), max_images)
+        options = _form_options(form)
+        kwargs = _model_kwargs(options)
+        entries = []
+        for upload in uploads:
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:  # this image only
+                error = ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
+                entries.append(BatchEntry(upload.filename, error=error))
+            else:
+                entries.append(BatchEntry(upload.filename, data=data))
+        return BatchInput(options, entries, kwargs)
+    finally:
+        await form.close()
+
+
+async def parse_batch_request(request: Request, max_bytes: int, max_images: int, max_body: int) -> BatchInput:
+    """Validate the body of ``POST /v1/classify/batch``. A problem with the whole request
+    (options, too many images, body) raises; a problem with one image is that entry's error."""
+    if request.url.query:
+        raise ModerationError("invalid_request", "POST /v1/classify/batch takes no query parameters")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    _check_declared_size(request, max_body)
+    if content_type == "application/json":
+        body = await _read_capped(request, max_body)
+        return await asyncio.to_thread(_decode_batch_json, body, max_bytes, max_images)
+    if content_type == "multipart/form-data":
+        return await _parse_batch_multipart(request, max_bytes, max_images)
+    raise ModerationError(
+        "unsupported_media_type",
+        "send multipart/form-data with `file` parts, or application/json with `images`",
     )

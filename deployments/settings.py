@@ -192,6 +192,13 @@ def _check_limit(value: str | None) -> str | None:
 
 class IngressSettings(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
+    max_images_per_request: int = Field(
+        32, ge=1, le=256, description="Images one `POST /v1/classify/batch` may carry.",
+    )
+    max_request_bytes: int = Field(
+        64_000_000, gt=0, description="Body limit of `POST /v1/classify/batch` (all its images "
+        "together; each image is also held to `max_upload_bytes`).",
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     queue_deadline_ms: float = Field(
         500, gt=0, le=60_000, description="Longest a request should wait for its forward pass: "

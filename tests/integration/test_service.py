@@ -247,3 +247,72 @@ def test_thresholds_change_through_user_config_without_restart(http, app_args, b
     assert_same_scores({"gore": after}, {"gore": before})
     assert http.get("/v1/classifiers").json()["classifiers"][1]["threshold"] == 0.01
     assert handle.health.remote().result()["replica"] == replica  # reconfigured, not restarted
+
+
+# --- many images per request ----------------------------------------------------------------
+
+
+def test_batch_upload_answers_each_image_in_order_and_a_bad_one_fails_alone(http):
+    files = [("file", ("a.jpg", PHOTO, "image/jpeg")), ("file", ("b.png", OTHER, "image/png")),
+             ("file", ("c.jpg", b"not an image at all", "image/jpeg")),
+             ("file", ("d.jpg", PHOTO, "image/jpeg"))]
+    response = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity,gore"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["index"] for item in body["items"]] == [0, 1, 2, 3]
+    assert [item["id"] for item in body["items"]] == ["a.jpg", "b.png", "c.jpg", "d.jpg"]
+    assert body["errors"] == 1 and body["model"] and body["request_id"] == response.headers["x-request-id"]
+    bad = body["items"][2]
+    assert bad["error"]["code"] == "unsupported_media_type" and bad["error"]["status"] == 415
+    assert bad["results"] is None
+    for index, data in ((0, PHOTO), (1, OTHER), (3, PHOTO)):
+        item = body["items"][index]
+        assert item["error"] is None and list(item["results"]) == ["nudity", "gore"]
+        alone = upload(http, data=data, classifiers="nudity,gore").json()
+        assert_same_scores(item["results"], alone["results"])
+        assert item["flagged"] == alone["flagged"]
+    assert body["flagged"] == any(item["flagged"] for item in body["items"] if item["error"] is None)
+
+
+def test_batch_json_mixes_urls_and_base64_with_per_image_fetch_errors(http, image_port):
+    base = f"http://127.0.0.1:{image_port}"
+    images = [
+        {"url": f"{base}/photo.jpg", "id": "u1"},
+        {"url": f"{base}/gone.jpg", "id": "u2"},
+        {"url": "http://10.0.0.1/x.jpg", "id": "u3"},  # refused by the address check, never fetched
+        {"image_base64": base64.b64encode(OTHER).decode(), "id": "b1"},
+        {"image_base64": "!!not base64", "id": "b2"},
+    ]
+    response = http.post("/v1/classify/batch", json={
+        "images": images, "classifiers": [], "labels": ["a cat", "a dog"],
+    })
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [i["id"] for i in items] == ["u1", "u2", "u3", "b1", "b2"]
+    assert [i["error"] and i["error"]["code"] for i in items] == [
+        None, "fetch_failed", "url_forbidden", None, "invalid_request"]
+    alone = http.post("/v1/classify", json={"url": f"{base}/photo.jpg", "classifiers": [],
+                                            "labels": ["a cat", "a dog"]}).json()
+    assert_same_scores(items[0]["results"], alone["results"])
+    assert list(items[3]["results"]) == ["custom"]
+
+
+def test_batch_images_join_the_model_batches_one_by_one(http):
+    files = [("file", (f"{i}.jpg", jpeg(320, 240, seed=i), "image/jpeg")) for i in range(8)]
+    body = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"}).json()
+    assert body["errors"] == 0
+    assert max(item["timing"]["batch_size"] for item in body["items"]) > 1
+
+
+@pytest.mark.parametrize("request_kwargs, status, code", [
+    ({"files": [("file", ("a.jpg", PHOTO, "image/jpeg"))] * 33}, 400, "invalid_request"),
+    ({"json": {"images": [{"url": "http://127.0.0.1/a.jpg"}] * 33}}, 400, "invalid_request"),
+    ({"json": {"images": []}}, 400, "invalid_request"),
+    ({"json": {"images": [{"image_base64": "aGk="}], "classifiers": ["nope"]}}, 400, "unknown_classifier"),
+    ({"files": [("file", ("a.jpg", PHOTO, "image/jpeg"))], "data": {"bogus": "1"}}, 400, "invalid_request"),
+    ({"data": {"classifiers": "nudity"}, "files": [("other", ("a.jpg", PHOTO, "image/jpeg"))]},
+     400, "invalid_request"),
+    ({"content": b"raw bytes", "headers": {"content-type": "image/jpeg"}}, 415, "unsupported_media_type"),
+])
+def test_batch_whole_request_errors(http, request_kwargs, status, code):
+    assert_error(http.post("/v1/classify/batch", **request_kwargs), status, code)
