@@ -39,6 +39,18 @@ def test_the_bound_is_min_inflight_until_the_rate_is_known_then_rate_times_deadl
     assert admission.limit() == 4
 
 
+def test_a_multi_image_request_takes_a_place_per_image_and_counts_each_answer():
+    clock = Clock()
+    admission = Admission(queue_deadline_s=0.5, min_inflight=8, clock=clock)
+    assert admission.try_enter(6) and admission.inflight == 6
+    assert admission.try_enter(6) and admission.inflight == 12  # room was left: not refused for size
+    assert not admission.try_enter(1)  # now full
+    clock.now += 0.1
+    admission.leave(completed=True, images=6)
+    admission.leave(completed=True, images=6)
+    assert admission.inflight == 0 and admission.rate() == pytest.approx(12 / 2.0)  # over the 2 s window
+
+
 def test_failed_requests_leave_without_counting_as_service():
     clock = Clock()
     admission = Admission(queue_deadline_s=0.5, min_inflight=2, clock=clock)

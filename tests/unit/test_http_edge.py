@@ -1,14 +1,15 @@
 """Request parsing helpers, schemas and the pure response builder."""
 
 import base64
+import json
 
 import pytest
 from pydantic import ValidationError
 
 from classifiers.errors import ModerationError
 from classifiers.results import Classification, ClassifierResult
-from classifiers.schemas import ClassifyJsonRequest, ClassifyResponse
-from deployments.parsing import _form_list, decode_base64
+from classifiers.schemas import ClassifyBatchResponse, ClassifyJsonRequest, ClassifyResponse
+from deployments.parsing import _decode_batch_json, _form_list, decode_base64
 from deployments.responses import as_moderation_error
 
 
@@ -66,6 +67,43 @@ def test_response_is_a_faithful_view_of_the_classification():
     assert body["flagged"] is True and body["request_id"] == "rid" and body["model"] == "m"
     assert body["results"]["nudity"]["scores"] == {"explicit": 0.7, "none": 0.3}
     assert body["timing"] == {"total_ms": 12.35, "decode_ms": 1.5, "inference_ms": 9.0, "batch_size": 1}
+
+
+def test_batch_json_keeps_a_bad_image_as_its_own_error_and_refuses_too_many():
+    good = base64.b64encode(b"some image bytes").decode()
+    body = {"images": [{"image_base64": good, "id": "a"}, {"image_base64": "%%%", "id": "b"},
+                       {"url": "https://example.com/c.jpg"},
+                       {"image_base64": base64.b64encode(b"x" * 200).decode()}],
+            "classifiers": ["nudity"]}
+    parsed = _decode_batch_json(json.dumps(body).encode(), max_bytes=100, max_images=4)
+    assert [e.id for e in parsed.entries] == ["a", "b", None, None]
+    assert parsed.entries[0].data == b"some image bytes" and parsed.entries[2].url == "https://example.com/c.jpg"
+    assert [e.error and e.error.code for e in parsed.entries] == [None, "invalid_request", None, "image_too_large"]
+    assert parsed.model_kwargs["classifiers"] == ["nudity"]
+    with pytest.raises(ModerationError, match="at most 3"):
+        _decode_batch_json(json.dumps(body).encode(), max_bytes=100, max_images=3)
+    for bad in ({"images": []}, {"images": [{"url": "https://e.com/a", "image_base64": good}]},
+                {"images": [{"url": "https://e.com/a"}], "classifiers": ["no such name!"]}):
+        with pytest.raises(ModerationError):
+            _decode_batch_json(json.dumps(bad).encode(), max_bytes=100, max_images=4)
+
+
+def test_batch_response_keeps_order_ids_and_per_image_errors():
+    result = ClassifierResult(
+        name="gore", kind="exclusive", scores={"gore": 0.9, "none": 0.1}, top_label="gore",
+        top_score=0.9, unsafe_labels=("gore",), unsafe_score=0.9, threshold=0.5, flagged=True,
+    )
+    ok = Classification(model="m", results=(result,), decode_ms=2.0, inference_ms=8.0, batch_size=3)
+    outcomes = [ModerationError("image_decode_error", "cannot decode"), ok]
+    response = ClassifyBatchResponse.from_outcomes(outcomes, ["x", None], "rid", 20.0).model_dump()
+    assert response["model"] == "m" and response["flagged"] is True and response["errors"] == 1
+    first, second = response["items"]
+    assert first == {"index": 0, "id": "x", "flagged": None, "results": None, "timing": None,
+                     "error": {"code": "image_decode_error", "message": "cannot decode", "status": 422}}
+    assert second["index"] == 1 and second["results"]["gore"]["flagged"] is True
+    assert second["timing"] == {"total_ms": 10.0, "decode_ms": 2.0, "inference_ms": 8.0, "batch_size": 3}
+    empty = ClassifyBatchResponse.from_outcomes([outcomes[0]], [None], "rid", 1.0)
+    assert empty.model is None and empty.flagged is False
 
 
 def test_errors_keep_their_code_through_wrapping_and_pickling():
