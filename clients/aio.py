@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
-from clients.core import RETRY_STATUSES, ImageInput, RetryPolicy, api_error, build_request, parse_response
+from clients.core import (
+    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, BatchRouteMissing, ImageInput, RetryPolicy, api_error,
+    build_batch_request, build_request, chunks, load_image, parse_batch_response, parse_response,
+)
 from clients.errors import ModerationConnectionError
 from clients.results import ManyResult
 
@@ -28,6 +31,7 @@ class AsyncModerationClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self.retry = retry
+        self._batch_route = True  # until the server shows it has no /v1/classify/batch
 
     async def __aenter__(self) -> "AsyncModerationClient":
         return self
@@ -88,29 +92,74 @@ class AsyncModerationClient:
         status, content, headers = await self._send("POST", "/v1/classify", body)
         return parse_response(status, content, headers)
 
+    async def classify_batch(self, images: list[ImageInput], **options) -> list[ClassifyResponse | Exception]:
+        """Classify many images in one request (see ``ModerationClient.classify_batch``)."""
+        loaded: list = []
+        for image in images:
+            try:
+                loaded.append(await asyncio.to_thread(load_image, image))
+            except Exception as exc:  # noqa: BLE001 - this image only
+                loaded.append(exc)
+        sendable = [item for item in loaded if not isinstance(item, Exception)]
+        answers = iter(())
+        if sendable:
+            request = build_batch_request(sendable, **options)
+
+            def body() -> dict:  # a FormData can be sent once: build it per attempt
+                if request.json is not None:
+                    return {"json": request.json}
+                form = aiohttp.FormData()
+                for field, (name, data, content_type) in request.files:
+                    form.add_field(field, data, filename=name, content_type=content_type)
+                for key, value in (request.data or {}).items():
+                    form.add_field(key, value)
+                return {"data": form}
+
+            status, content, headers = await self._send("POST", BATCH_PATH, body)
+            answers = iter(parse_batch_response(status, content, headers))
+        return [item if isinstance(item, Exception) else next(answers) for item in loaded]
+
     async def classify_many(
         self,
         images: Iterable[ImageInput],
         concurrency: int = 4,
         ordered: bool = False,
+        batch_size: int = 16,
         **options,
     ) -> AsyncIterator[ManyResult]:
-        """Classify many images, ``concurrency`` at a time; yields as each finishes (or in
-        input order with ``ordered=True``). A failed image yields a result with ``error`` set."""
+        """Classify many images; yields as each finishes (or in input order with
+        ``ordered=True``). A failed image yields a result with ``error`` set. Images go
+        ``batch_size`` to a request, ``concurrency`` requests at a time (see
+        ``ModerationClient.classify_many``)."""
         images = list(images)
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def one(index: int) -> ManyResult:
-            async with gate:
-                try:
-                    return ManyResult(index, images[index], await self.classify(images[index], **options))
-                except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
-                    return ManyResult(index, images[index], error=exc)
+            try:
+                return ManyResult(index, images[index], await self.classify(images[index], **options))
+            except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
+                return ManyResult(index, images[index], error=exc)
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(images))]
+        async def chunk_of(indices: range) -> list[ManyResult]:
+            async with gate:
+                if len(indices) > 1 and self._batch_route:
+                    try:
+                        answers = await self.classify_batch([images[i] for i in indices], **options)
+                    except BatchRouteMissing:
+                        self._batch_route = False
+                    except Exception as exc:  # noqa: BLE001 - the whole request failed
+                        return [ManyResult(i, images[i], error=exc) for i in indices]
+                    else:
+                        return [await one(i) if getattr(answer, "code", None) in RETRY_ITEM_CODES
+                                else ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
+                                else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)]
+                return [await one(i) for i in indices]
+
+        tasks = [asyncio.ensure_future(chunk_of(indices)) for indices in chunks(len(images), batch_size)]
         try:
             for next_done in (tasks if ordered else asyncio.as_completed(tasks)):
-                yield await next_done
+                for result in await next_done:
+                    yield result
         finally:
             for task in tasks:
                 task.cancel()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from classifiers.schemas import ClassifyResponse
+from classifiers.schemas import ClassifyBatchResponse, ClassifyResponse
 from clients.errors import ModerationAPIError
 
 # What a caller may pass as an image: a path, raw bytes, a PIL image, or an http(s) URL.
@@ -26,7 +26,7 @@ class PreparedRequest:
     """One ``POST /v1/classify``: either ``json`` or ``files`` + ``data`` is set."""
 
     json: dict | None = None
-    files: dict | None = None  # {"file": (name, bytes, content_type)}
+    files: dict | list | None = None  # {"file": (name, bytes, content_type)}, or a list of those pairs
     data: dict | None = None
 
 
@@ -49,15 +49,7 @@ def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
     raise TypeError(f"cannot send {type(image).__name__} as an image")
 
 
-def build_request(
-    image: ImageInput,
-    classifiers: list[str] | None = None,
-    labels: list[str] | None = None,
-    unsafe_labels: list[str] | None = None,
-    threshold: float | None = None,
-    use_base64: bool = False,
-) -> PreparedRequest:
-    """URLs go as JSON ``url``; everything else as a multipart upload (or base64 JSON)."""
+def _options(classifiers, labels, unsafe_labels, threshold) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if classifiers is not None:
         options["classifiers"] = list(classifiers)
@@ -67,14 +59,89 @@ def build_request(
         options["unsafe_labels"] = list(unsafe_labels)
     if threshold is not None:
         options["threshold"] = threshold
+    return options
+
+
+def _form(options: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value) if isinstance(value, list) else str(value) for key, value in options.items()}
+
+
+def build_request(
+    image: ImageInput,
+    classifiers: list[str] | None = None,
+    labels: list[str] | None = None,
+    unsafe_labels: list[str] | None = None,
+    threshold: float | None = None,
+    use_base64: bool = False,
+) -> PreparedRequest:
+    """URLs go as JSON ``url``; everything else as a multipart upload (or base64 JSON)."""
+    options = _options(classifiers, labels, unsafe_labels, threshold)
     if is_url(image):
         return PreparedRequest(json={"url": image, **options})
     name, data = _image_bytes(image)
     if use_base64:
         return PreparedRequest(json={"image_base64": base64.b64encode(data).decode(), **options})
-    form = {key: json.dumps(value) if isinstance(value, list) else str(value)
-            for key, value in options.items()}
-    return PreparedRequest(files={"file": (name, data, "application/octet-stream")}, data=form)
+    return PreparedRequest(files={"file": (name, data, "application/octet-stream")}, data=_form(options))
+
+
+# --- many images per request (POST /v1/classify/batch) ---------------------------------------
+
+BATCH_PATH = "/v1/classify/batch"
+RETRY_ITEM_CODES = frozenset({"overloaded", "model_unavailable"})  # an item worth sending again alone
+
+
+class BatchRouteMissing(Exception):
+    """The server has no ``/v1/classify/batch`` (an older version): send images one by one."""
+
+
+def load_image(image: ImageInput) -> tuple[str, bytes] | str:
+    """A URL as is, anything else as ``(file name, bytes)``; raises what reading it raises."""
+    return image if is_url(image) else _image_bytes(image)
+
+
+def build_batch_request(
+    loaded: list[tuple[str, bytes] | str],
+    classifiers: list[str] | None = None,
+    labels: list[str] | None = None,
+    unsafe_labels: list[str] | None = None,
+    threshold: float | None = None,
+    use_base64: bool = False,
+) -> PreparedRequest:
+    """Files as repeated multipart ``file`` parts; JSON (files base64) when any is a URL."""
+    options = _options(classifiers, labels, unsafe_labels, threshold)
+    if use_base64 or any(isinstance(item, str) for item in loaded):
+        images = [{"url": item} if isinstance(item, str)
+                  else {"image_base64": base64.b64encode(item[1]).decode(), "id": item[0]} for item in loaded]
+        return PreparedRequest(json={"images": images, **options})
+    files = [("file", (name, data, "application/octet-stream")) for name, data in loaded]
+    return PreparedRequest(files=files, data=_form(options))
+
+
+def parse_batch_response(status: int, body: bytes, headers: Any) -> list[ClassifyResponse | ModerationAPIError]:
+    """Each image's response or error, in order; raises for an error about the whole request
+    (``BatchRouteMissing`` when the server has no such route)."""
+    if status == 404:
+        error = api_error(status, body, headers)
+        if error.code in ("not_found", "http_error"):
+            raise BatchRouteMissing(error.message)
+        raise error
+    if status != 200:
+        raise api_error(status, body, headers)
+    batch = ClassifyBatchResponse.model_validate_json(body)
+    out: list[ClassifyResponse | ModerationAPIError] = []
+    for item in batch.items:
+        if item.error is not None:
+            out.append(ModerationAPIError(item.error.status, item.error.code, item.error.message, batch.request_id))
+        else:
+            out.append(ClassifyResponse(
+                request_id=batch.request_id, model=batch.model, model_family=batch.model_family,
+                flagged=item.flagged, results=item.results, timing=item.timing,
+            ))
+    return out
+
+
+def chunks(count: int, size: int) -> list[range]:
+    return [range(start, min(start + size, count)) for start in range(0, count, max(1, size))]
 
 
 def parse_response(status: int, body: bytes, headers: Any) -> ClassifyResponse:

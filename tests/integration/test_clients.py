@@ -100,6 +100,42 @@ def test_sync_classify_many_streams_every_result(client, ordered):
     assert len(failed) == 1 and failed[0].index == 6 and failed[0].error.code == "unsupported_media_type"
 
 
+def test_many_send_batches_of_mixed_inputs_and_each_image_gets_its_own_answer(client, base_url, inputs):
+    images = [inputs["path"], inputs["bytes"], inputs["url"], "/no/such/file.jpg", b"broken", PHOTO, PHOTO]
+    alone = nudity_scores(client.classify(PHOTO, classifiers=["nudity"]))
+
+    def check(results):
+        assert [r.index for r in results] == list(range(7))
+        assert [r.ok for r in results] == [True, True, True, False, False, True, True]
+        assert isinstance(results[3].error, FileNotFoundError)
+        assert results[4].error.code == "unsupported_media_type" and results[4].error.status == 415
+        for r in results:
+            if r.ok:
+                assert nudity_scores(r.response) == pytest.approx(alone, abs=1e-4)
+                assert r.response.request_id and r.response.model
+
+    check(list(client.classify_many(images, batch_size=3, ordered=True, classifiers=["nudity"])))
+    assert client._batch_route  # the server has the route: it was used
+
+    async def main():
+        async with AsyncModerationClient(base_url) as aclient:
+            return [r async for r in aclient.classify_many(images, batch_size=3, ordered=True,
+                                                            classifiers=["nudity"])]
+
+    check(asyncio.run(main()))
+
+
+def test_many_fall_back_to_one_request_per_image_without_the_batch_route(ok_body):
+    old = ScriptedServer([], ok_body, missing=("/v1/classify/batch",))
+    try:
+        with ModerationClient(old.url, retry=FAST_RETRY) as c:
+            results = list(c.classify_many([PHOTO] * 5, batch_size=4, concurrency=1, ordered=True))
+        assert [r.ok for r in results] == [True] * 5
+        assert old.paths == ["/v1/classify/batch"] + ["/v1/classify"] * 5
+    finally:
+        old.close()
+
+
 def test_async_client_every_input_kind_and_many(base_url, inputs):
     async def main():
         async with AsyncModerationClient(base_url) as aclient:
@@ -122,15 +158,27 @@ def test_async_client_every_input_kind_and_many(base_url, inputs):
 class ScriptedServer:
     """Answers with the scripted statuses in turn (then 200 with a real body); counts hits."""
 
-    def __init__(self, statuses: list[int], ok_body: bytes, delay_s: float = 0.0) -> None:
+    def __init__(self, statuses: list[int], ok_body: bytes, delay_s: float = 0.0,
+                 missing: tuple[str, ...] = ()) -> None:
         self.statuses, self.hits, self.ok_body = list(statuses), 0, ok_body
+        self.paths: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.hits += 1
+                outer.paths.append(self.path)
                 time.sleep(delay_s)
+                if self.path in missing:  # as a server of an older version answers
+                    body = json.dumps({"error": {"code": "not_found", "message": "Not Found",
+                                                 "request_id": "r"}}).encode()
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 status = outer.statuses.pop(0) if outer.statuses else 200
                 body = outer.ok_body if status == 200 else json.dumps({"error": {
                     "code": "overloaded" if status == 503 else "invalid_request",
