@@ -1,6 +1,7 @@
 """Where the CPU goes under load: CPU time per image of every process, from /proc (Linux).
 
     python -m bench.cpu_budget --model DIR [--concurrency 32] [--requests 256] [--size 1024x768]
+                               [--per-request 1]
 
 Starts Ray and the service in this process (one model replica with all the CPUs, as
 ``bench.run`` configures it), sends uploads from 127.0.0.1, and prints, per process, the CPU
@@ -78,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--per-request", type=int, default=1,
+                        help="images per request (> 1: POST /v1/classify/batch; --requests counts images)")
     args = parser.parse_args(argv)
+    k = args.per_request
+    if not 1 <= k <= args.requests:
+        parser.error("--per-request must be between 1 and --requests")
 
     serve_env_defaults()  # the mode moderation-serve serves in; before Ray starts
     import ray
@@ -92,21 +98,23 @@ def main(argv: list[str] | None = None) -> int:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             deploy(args.model, port, threads)
             width, height = (int(v) for v in args.size.split("x"))
-            url, images = f"http://127.0.0.1:{port}/v1/classify", [jpeg(width, height, seed=1)]
+            url = f"http://127.0.0.1:{port}/v1/classify" + ("/batch" if k > 1 else "")
+            images = [jpeg(width, height, seed=1)]
             form = {"classifiers": "nudity"}
-            run_load(url, images, args.concurrency, 2 * args.concurrency, form=form)  # warm-up
+            run_load(url, images, args.concurrency, 2 * args.concurrency, form=form, per_request=k)  # warm-up
             before, start = cpu_seconds(), time.perf_counter()
             replica = next(pid for pid, (name, _) in before.items() if "ClipModel" in name)
             threads_before = thread_seconds(replica)
-            result = run_load(url, images, args.concurrency, args.requests, form=form)
+            result = run_load(url, images, args.concurrency, args.requests // k, form=form, per_request=k)
             wall, after = time.perf_counter() - start, cpu_seconds()
             threads_after = thread_seconds(replica)
         finally:
             serve.shutdown()
     used = sorted(((after[pid][1] - before[pid][1], after[pid][0]) for pid in after if pid in before),
                   reverse=True)
-    per_image = 1000 / args.requests
-    print(f"{result.images_per_s} img/s, {args.requests} requests at c={args.concurrency} in {wall:.1f} s")
+    per_image = 1000 / (args.requests // k * k)
+    print(f"{result.images_per_s} img/s, {args.requests // k * k} images ({k} per request) at "
+          f"c={args.concurrency} in {wall:.1f} s")
     for seconds, name in used:
         if seconds * per_image >= 0.2:
             print(f"{seconds * per_image:7.1f} ms/img  {name}")

@@ -113,7 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     classify.add_argument("--threshold", type=float, help="flag threshold for the custom labels")
     classify.add_argument("--server", default=os.environ.get("MODERATION_URL", "http://127.0.0.1:8000"))
     classify.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY"))
-    classify.add_argument("--concurrency", "-j", type=int, default=8)
+    classify.add_argument("--concurrency", "-j", type=int, default=2,
+                          help="requests in flight (default 2)")
+    classify.add_argument("--batch-size", "-b", type=int, default=16,
+                          help="images per request (default 16; 1: one request per image)")
     classify.add_argument("--format", "-f", choices=sorted(WRITERS),
                           help="default: table on a terminal, else jsonl")
     classify.add_argument("--output", "-o", help="write here instead of stdout")
@@ -124,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if (args.unsafe_labels or args.threshold is not None) and not args.labels:
         parser.error("--unsafe-labels and --threshold apply to --labels")
     return args
@@ -172,7 +177,8 @@ def _classify(inputs: list[str], args: argparse.Namespace, options: dict) -> lis
     with ModerationClient(args.server, api_key=args.api_key) as client, tqdm(
         total=len(inputs), unit="img", file=sys.stderr, disable=len(inputs) < PROGRESS_MIN or None,
     ) as progress:
-        for result in client.classify_many(inputs, concurrency=args.concurrency, **options):
+        for result in client.classify_many(inputs, concurrency=args.concurrency, batch_size=args.batch_size,
+                                           **options):
             rows[result.index] = row_of(result)
             progress.update()
     return [row for row in rows if row is not None]

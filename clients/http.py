@@ -96,7 +96,7 @@ class ModerationClient:
     def classify_many(
         self,
         images: Iterable[ImageInput],
-        concurrency: int = 4,
+        concurrency: int = 2,
         ordered: bool = False,
         batch_size: int = 16,
         **options,

@@ -263,6 +263,14 @@ def test_server_mode_through_the_real_client_on_loopback(dataset, tmp_path):
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
+            if self.path != "/v1/classify":  # one image per request only, like an older server
+                missing = json.dumps({"error": {"code": "not_found", "message": "Not Found", "request_id": "r"}})
+                self.send_response(404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(missing)))
+                self.end_headers()
+                self.wfile.write(missing.encode())
+                return
             red = len(body) % 2 == 0  # any answer that stays the same for the same file
             scores = {"explicit": 0.7 if red else 0.1, "suggestive": 0.1, "none": 0.2 if red else 0.8}
             result = {"name": "nudity", "kind": "exclusive", "scores": scores,
