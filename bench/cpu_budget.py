@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-request", type=int, default=1,
                         help="images per request (> 1: POST /v1/classify/batch; --requests counts images)")
     args = parser.parse_args(argv)
+    if args.per_request > 32:
+        parser.error("--per-request: the service takes at most 32 images a request by default")
     k = args.per_request
     if not 1 <= k <= args.requests:
         parser.error("--per-request must be between 1 and --requests")

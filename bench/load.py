@@ -14,8 +14,8 @@ import numpy as np
 @dataclass(frozen=True)
 class LoadResult:
     concurrency: int
-    requests: int
-    errors: int
+    requests: int  # requests sent
+    errors: int  # images that got no result (a failed multi-image request counts each of its images)
     images_per_s: float
     p50_ms: float
     p95_ms: float

@@ -16,6 +16,7 @@ own, a request every 100 ms: what a newcomer gets), and by the ingress (Serve's 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -77,11 +78,14 @@ def summary(run: TimedRun) -> dict:
     }
 
 
-def ingress_503_ms(log_dir: Path = Path("/tmp/ray/session_latest/logs/serve")) -> dict:
-    """The 503s' times as the Ingress replica logged them (Serve's access log lines, from the
-    request's start in the replica to its answer): the server's share of a 503's time."""
-    times = [float(m.group(1)) for path in log_dir.glob("replica_*Ingress*.log")
-             for m in re.finditer(r"POST /v1/classify 503 ([\d.]+)ms", path.read_text(errors="replace"))]
+def ingress_503_ms(since: datetime.datetime, log_dir: Path = Path("/tmp/ray/session_latest/logs/serve")) -> dict:
+    """The 503s' times as the Ingress replica logged them since ``since`` (Serve's access log
+    lines, from the request's start in the replica to its answer): the server's share of a
+    503's time. Empty when the log is not found (Ray's temp dir elsewhere)."""
+    pattern = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ .*POST /v1/classify 503 ([\d.]+)ms")
+    times = [float(m.group(2)) for path in log_dir.glob("replica_*Ingress*.log")
+             for m in pattern.finditer(path.read_text(errors="replace"))
+             if datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") >= since.replace(microsecond=0)]
     if not times:
         return {}
     return {"n": len(times), **{f"p{q}_ms": round(float(np.percentile(times, q)), 1) for q in (50, 99)},
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = run_for(url, images, args.peak_c, args.peak_seconds, processes=min(args.processes, args.peak_c))
         report["peak"] = {"concurrency": args.peak_c, **summary(peak)}
         print(f"peak c={args.peak_c}: {report['peak']}", file=sys.stderr)
+        overload_start = datetime.datetime.now()
         # The overload, and beside it a probe: one caller in a process of its own, a request
         # every 100 ms: what a newcomer gets, without the load generator's own lag.
         runs = run_together([
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print(f"service {stop(service)}", file=sys.stderr)
         stop_leftover_haproxy(str(work / "haproxy"))
-    report["ingress_503"] = ingress_503_ms()
+    report["ingress_503"] = ingress_503_ms(overload_start)
     peak, over = report["peak"], report["overload"]
     report["goodput_ratio"] = round(over["goodput"] / peak["goodput"], 3) if peak["goodput"] else None
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
+    if args.per_request > 32:
+        parser.error("--per-request: the service takes at most 32 images a request by default")
 
     from classifiers.model import resolve_device
     from deployments.forward import default_lanes

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifiers.labels import MAX_CUSTOM_LABELS, MIN_CUSTOM_LABELS
 
+MAX_BATCH_IMAGES = 256  # the most max_images_per_request may be set to
+
 if TYPE_CHECKING:
     from classifiers.results import Classification
 
@@ -27,7 +29,8 @@ class ClassifyOptions(BaseModel):
         examples=[["a cat", "a dog", "a car"]],
     )
     unsafe_labels: list[str] = Field(
-        default_factory=list, description="Which of `labels` count as unsafe for `flagged`."
+        default_factory=list, max_length=MAX_CUSTOM_LABELS,
+        description="Which of `labels` count as unsafe for `flagged`.",
     )
     threshold: float | None = Field(
         None, gt=0.0, le=1.0, description="Flag threshold for the custom classifier (default 0.5)."
@@ -75,7 +78,8 @@ class ClassifyBatchJsonRequest(ClassifyOptions):
     """JSON body of ``POST /v1/classify/batch``: many images, one set of options for all."""
 
     images: list[BatchImage] = Field(
-        min_length=1, description="At most `max_images_per_request` (server setting, 32 by default).",
+        min_length=1, max_length=MAX_BATCH_IMAGES,
+        description="At most `max_images_per_request` (server setting, 32 by default).",
     )
 
 

@@ -9,10 +9,11 @@ import aiohttp
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import (
-    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, BatchRouteMissing, ImageInput, RetryPolicy, api_error,
-    build_batch_request, build_request, chunks, load_image, parse_batch_response, parse_response,
+    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
+    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunks, load_image,
+    parse_batch_response, parse_response,
 )
-from clients.errors import ModerationConnectionError
+from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
 
 
@@ -93,7 +94,7 @@ class AsyncModerationClient:
         return parse_response(status, content, headers)
 
     async def classify_batch(self, images: list[ImageInput], **options) -> list[ClassifyResponse | Exception]:
-        """Classify many images in one request (see ``ModerationClient.classify_batch``)."""
+        """Classify images with ``/v1/classify/batch`` (see ``ModerationClient.classify_batch``)."""
         loaded: list = []
         for image in images:
             try:
@@ -101,11 +102,11 @@ class AsyncModerationClient:
             except Exception as exc:  # noqa: BLE001 - this image only
                 loaded.append(exc)
         sendable = [item for item in loaded if not isinstance(item, Exception)]
-        answers = iter(())
-        if sendable:
-            request = build_batch_request(sendable, **options)
+        answers: list = []
+        for group in byte_groups(sendable, use_base64=options.get("use_base64", False)):
+            request = build_batch_request([sendable[i] for i in group], **options)
 
-            def body() -> dict:  # a FormData can be sent once: build it per attempt
+            def body(request=request) -> dict:  # a FormData can be sent once: build it per attempt
                 if request.json is not None:
                     return {"json": request.json}
                 form = aiohttp.FormData()
@@ -116,8 +117,9 @@ class AsyncModerationClient:
                 return {"data": form}
 
             status, content, headers = await self._send("POST", BATCH_PATH, body)
-            answers = iter(parse_batch_response(status, content, headers))
-        return [item if isinstance(item, Exception) else next(answers) for item in loaded]
+            answers += parse_batch_response(status, content, headers)
+        ran = iter(answers)
+        return [item if isinstance(item, Exception) else next(ran) for item in loaded]
 
     async def classify_many(
         self,
@@ -129,8 +131,8 @@ class AsyncModerationClient:
     ) -> AsyncIterator[ManyResult]:
         """Classify many images; yields as each finishes (or in input order with
         ``ordered=True``). A failed image yields a result with ``error`` set. Images go
-        ``batch_size`` to a request, ``concurrency`` requests at a time (see
-        ``ModerationClient.classify_many``)."""
+        ``batch_size`` to a request, ``concurrency`` requests at a time, and one by one where
+        a batch cannot (see ``ModerationClient.classify_many``)."""
         images = list(images)
         gate = asyncio.Semaphore(max(1, concurrency))
 
@@ -140,22 +142,38 @@ class AsyncModerationClient:
             except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
                 return ManyResult(index, images[index], error=exc)
 
-        async def chunk_of(indices: range) -> list[ManyResult]:
-            async with gate:
-                if len(indices) > 1 and self._batch_route:
-                    try:
-                        answers = await self.classify_batch([images[i] for i in indices], **options)
-                    except BatchRouteMissing:
-                        self._batch_route = False
-                    except Exception as exc:  # noqa: BLE001 - the whole request failed
-                        return [ManyResult(i, images[i], error=exc) for i in indices]
-                    else:
-                        return [await one(i) if getattr(answer, "code", None) in RETRY_ITEM_CODES
-                                else ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
-                                else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)]
-                return [await one(i) for i in indices]
+        async def singles(indices: list[int]) -> list[ManyResult]:
+            inner = asyncio.Semaphore(SINGLES_AT_ONCE)
 
-        tasks = [asyncio.ensure_future(chunk_of(indices)) for indices in chunks(len(images), batch_size)]
+            async def gated(index: int) -> ManyResult:
+                async with inner:
+                    return await one(index)
+
+            return list(await asyncio.gather(*(gated(i) for i in indices)))
+
+        async def chunk_of(indices: list[int]) -> list[ManyResult]:
+            async with gate:
+                if len(indices) == 1 or not self._batch_route:
+                    return await singles(indices)
+                try:
+                    answers = await self.classify_batch([images[i] for i in indices], **options)
+                except BatchRouteMissing:
+                    self._batch_route = False
+                    return await singles(indices)
+                except ModerationAPIError:  # the batch as a whole was refused: its images alone
+                    return await singles(indices)
+                except Exception as exc:  # noqa: BLE001 - e.g. the service is gone
+                    return [ManyResult(i, images[i], error=exc) for i in indices]
+                results = {i: ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
+                           else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)}
+                again = [i for i, answer in zip(indices, answers)
+                         if getattr(answer, "code", None) in RETRY_ITEM_CODES]
+                if again:
+                    await asyncio.sleep(self.retry.delay(0))
+                    results.update((r.index, r) for r in await singles(again))
+                return [results[i] for i in indices]
+
+        tasks = [asyncio.ensure_future(chunk_of(list(indices))) for indices in chunks(len(images), batch_size)]
         try:
             for next_done in (tasks if ordered else asyncio.as_completed(tasks)):
                 for result in await next_done:

@@ -87,6 +87,8 @@ def build_request(
 # --- many images per request (POST /v1/classify/batch) ---------------------------------------
 
 BATCH_PATH = "/v1/classify/batch"
+BATCH_BYTES = 32_000_000  # per request, base64 counted: half the server's default max_request_bytes
+SINGLES_AT_ONCE = 8  # requests in flight when a chunk's images go one by one
 RETRY_ITEM_CODES = frozenset({"overloaded", "model_unavailable"})  # an item worth sending again alone
 
 
@@ -115,6 +117,24 @@ def build_batch_request(
         return PreparedRequest(json={"images": images, **options})
     files = [("file", (name, data, "application/octet-stream")) for name, data in loaded]
     return PreparedRequest(files=files, data=_form(options))
+
+
+def byte_groups(loaded: list[tuple[str, bytes] | str], budget: int = BATCH_BYTES,
+                use_base64: bool = False) -> list[list[int]]:
+    """Positions in ``loaded`` grouped into requests whose bodies stay within ``budget``
+    (files count 4/3 when the request is JSON: any URL in it, or ``use_base64``); an image
+    over the budget alone goes in a request of its own."""
+    as_json = use_base64 or any(isinstance(item, str) for item in loaded)
+    groups: list[list[int]] = []
+    size = budget + 1
+    for index, item in enumerate(loaded):
+        cost = 4096 if isinstance(item, str) else len(item[1]) * (4 if as_json else 3) // 3 + 512
+        if size + cost > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(index)
+        size += cost
+    return groups
 
 
 def parse_batch_response(status: int, body: bytes, headers: Any) -> list[ClassifyResponse | ModerationAPIError]:

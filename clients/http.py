@@ -10,10 +10,11 @@ import httpx
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import (
-    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, BatchRouteMissing, ImageInput, RetryPolicy, api_error,
-    build_batch_request, build_request, chunks, load_image, parse_batch_response, parse_response,
+    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
+    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunks, load_image,
+    parse_batch_response, parse_response,
 )
-from clients.errors import ModerationConnectionError
+from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
 
 
@@ -76,9 +77,10 @@ class ModerationClient:
         return parse_response(response.status_code, response.content, response.headers)
 
     def classify_batch(self, images: list[ImageInput], **options) -> list[ClassifyResponse | Exception]:
-        """Classify up to the server's ``max_images_per_request`` images in one request; each
-        image's response or its error, in order (an unreadable file is its own error). Raises
-        for an error about the whole request."""
+        """Classify images with ``/v1/classify/batch`` (keep to the server's
+        ``max_images_per_request``, 32 by default): each image's response or its error, in
+        order; an unreadable file is its own error, and images whose bodies would pass
+        ``BATCH_BYTES`` go in further requests. Raises for an error about a whole request."""
         loaded: list = []
         for image in images:
             try:
@@ -86,12 +88,13 @@ class ModerationClient:
             except Exception as exc:  # noqa: BLE001 - this image only
                 loaded.append(exc)
         sendable = [item for item in loaded if not isinstance(item, Exception)]
-        answers = iter(())
-        if sendable:
-            request = build_batch_request(sendable, **options)
+        answers: list = []
+        for group in byte_groups(sendable, use_base64=options.get("use_base64", False)):
+            request = build_batch_request([sendable[i] for i in group], **options)
             response = self._send("POST", BATCH_PATH, json=request.json, files=request.files, data=request.data)
-            answers = iter(parse_batch_response(response.status_code, response.content, response.headers))
-        return [item if isinstance(item, Exception) else next(answers) for item in loaded]
+            answers += parse_batch_response(response.status_code, response.content, response.headers)
+        ran = iter(answers)
+        return [item if isinstance(item, Exception) else next(ran) for item in loaded]
 
     def classify_many(
         self,
@@ -105,9 +108,12 @@ class ModerationClient:
         ``ordered=True``). A failed image yields a result with ``error`` set.
 
         Images go ``batch_size`` to a request (``/v1/classify/batch``), ``concurrency``
-        requests at a time; against a server without that route, or with ``batch_size=1``,
-        one request per image. An image the server answered ``overloaded`` within a batch is
-        sent again on its own, with the retry policy."""
+        requests at a time. Images the server answered ``overloaded`` or
+        ``model_unavailable`` inside a batch are sent again one by one after a pause, with
+        the retry policy; so are all of a batch's images when the server refused the batch
+        as a whole (too large, too many images, still overloaded after the retries), and
+        every image when the server has no batch route. ``batch_size=1``: one request per
+        image."""
         images = list(images)
 
         def one(index: int) -> ManyResult:
@@ -116,23 +122,35 @@ class ModerationClient:
             except Exception as exc:  # noqa: BLE001 - reported per image, never fatal
                 return ManyResult(index, images[index], error=exc)
 
-        def chunk_of(indices: range) -> list[ManyResult]:
-            if len(indices) > 1 and self._batch_route:
-                try:
-                    answers = self.classify_batch([images[i] for i in indices], **options)
-                except BatchRouteMissing:
-                    self._batch_route = False
-                except Exception as exc:  # noqa: BLE001 - the whole request failed: each image says so
-                    return [ManyResult(i, images[i], error=exc) for i in indices]
-                else:
-                    return [one(i) if getattr(answer, "code", None) in RETRY_ITEM_CODES
-                            else ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
-                            else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)]
-            return [one(i) for i in indices]
+        def singles(indices: list[int]) -> list[ManyResult]:
+            if len(indices) == 1:
+                return [one(indices[0])]
+            with ThreadPoolExecutor(min(len(indices), SINGLES_AT_ONCE)) as inner:
+                return list(inner.map(one, indices))
+
+        def chunk_of(indices: list[int]) -> list[ManyResult]:
+            if len(indices) == 1 or not self._batch_route:
+                return singles(indices)
+            try:
+                answers = self.classify_batch([images[i] for i in indices], **options)
+            except BatchRouteMissing:
+                self._batch_route = False
+                return singles(indices)
+            except ModerationAPIError:  # the batch as a whole was refused: its images alone
+                return singles(indices)
+            except Exception as exc:  # noqa: BLE001 - e.g. the service is gone: each image says so
+                return [ManyResult(i, images[i], error=exc) for i in indices]
+            results = {i: ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
+                       else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)}
+            again = [i for i, answer in zip(indices, answers) if getattr(answer, "code", None) in RETRY_ITEM_CODES]
+            if again:
+                time.sleep(self.retry.delay(0))
+                results.update((r.index, r) for r in singles(again))
+            return [results[i] for i in indices]
 
         pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
         try:
-            futures = [pool.submit(chunk_of, indices) for indices in chunks(len(images), batch_size)]
+            futures = [pool.submit(chunk_of, list(indices)) for indices in chunks(len(images), batch_size)]
             if ordered:
                 for future in futures:
                     yield from future.result()

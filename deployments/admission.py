@@ -67,13 +67,14 @@ class Admission:
         self.inflight += images
         return True
 
-    def leave(self, completed: bool, images: int = 1) -> None:
-        """An admitted request is over; ``completed``: the model answered it (its images count
-        in the rate)."""
+    def leave(self, images: int = 1, classified: int = 0) -> None:
+        """An admitted request's ``images`` are over; the ``classified`` ones (the model
+        scored them) count in the rate. Errors do not: a flood of cheap failures must not
+        raise the bound."""
         self.inflight -= images
-        if completed:
+        if classified:
             now = self.clock()
-            self._done.extend([now] * images)
+            self._done.extend([now] * classified)
 
     def retry_after_s(self) -> int:
         """Seconds until what is in flight now should be done: at least 1."""

@@ -85,15 +85,16 @@ class Gatekeeper:
                 return name
         raise ModerationError("unauthorized", "the API key is not valid")
 
-    async def admit(self, key_name: str | None) -> None:
-        """Count one request for the key; raises 429 ``rate_limited`` with the wait in seconds."""
+    async def admit(self, key_name: str | None, cost: int = 1) -> None:
+        """Count ``cost`` (one request, or the further images of a multi-image one) for the
+        key; raises 429 ``rate_limited`` with the wait in seconds."""
         limits = self._limits.get(key_name) if key_name else None
         if not limits or self._limiter is None:
             return
         for limit in limits:
             # hit() checks and counts in one step (atomic in the storage), so concurrent
             # requests cannot all pass a check before any of them is counted.
-            if not await self._limiter.hit(limit, key_name):
+            if not await self._limiter.hit(limit, key_name, cost=cost):
                 stats = await self._limiter.get_window_stats(limit, key_name)
                 wait = max(1, math.ceil(stats.reset_time - time.time()))
                 raise RateLimited(f"rate limit of {limit} exceeded for this key; retry in {wait} s", wait)
@@ -134,7 +135,9 @@ class ApiKeyGate:
             if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
                 request = Request(scope)
                 try:
-                    await gatekeeper.admit(gatekeeper.authenticate(request.headers.get("authorization")))
+                    key_name = gatekeeper.authenticate(request.headers.get("authorization"))
+                    await gatekeeper.admit(key_name)
+                    scope.setdefault("state", {})["api_key"] = key_name  # request.state.api_key
                 except ModerationError as error:
                     return await respond_error(request, error)(scope, receive, send)
         await self.app(scope, receive, send)

@@ -93,6 +93,7 @@ class ClipModel:
         self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
                                     frozenset(BUILTIN_CLASSIFIERS), settings.heads_poll_s)
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
+        self._building: dict[tuple[str, ...], asyncio.Future] = {}  # custom heads being encoded
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
@@ -164,33 +165,6 @@ class ClipModel:
         except ModerationError as error:
             return error
 
-    async def try_classify_many(
-        self,
-        *images: bytes | np.ndarray | ModerationError,
-        classifiers: Sequence[str] | None = None,
-        labels: Sequence[str] | None = None,
-        unsafe_labels: Sequence[str] = (),
-        threshold: float | None = None,
-        wait_limit_s: float | None = None,
-    ) -> list[Classification | ModerationError] | ModerationError:
-        """``try_classify`` for many images with one set of options, in one call: each image
-        joins the batches on its own, and each gets its result or its own error, in order.
-        The images are separate arguments so that Serve resolves each fetcher answer among
-        them. An error in the options (an unknown head) is returned for the whole call."""
-        try:
-            plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
-        except ModerationError as error:
-            return error
-        return list(await asyncio.gather(*(self._try_run(image, plan, wait_limit_s) for image in images)))
-
-    async def _try_run(self, image, plan: _Plan, wait_limit_s: float | None) -> Classification | ModerationError:
-        if isinstance(image, ModerationError):
-            return image
-        try:
-            return await self._run(image, plan, wait_limit_s)
-        except ModerationError as error:
-            return error
-
     async def _plan(
         self,
         classifiers: Sequence[str] | None,
@@ -220,10 +194,12 @@ class ClipModel:
     async def _run(self, image: bytes | np.ndarray, plan: _Plan, wait_limit_s: float | None) -> Classification:
         names, heads, trained = plan.names, plan.heads, plan.trained
         start = time.perf_counter()
-        give_up_at = start + wait_limit_s if wait_limit_s else float("inf")
         try:
             frames = await self._decode(image)
             decoded = time.perf_counter()
+            # The wait limit counts from here: the decode pool's queue is bounded by what the
+            # ingress admits, and a large multi-image request must not shed its own tail.
+            give_up_at = decoded + wait_limit_s if wait_limit_s else float("inf")
             self.metrics.decode_ms.observe((decoded - start) * 1000)
             embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
         except asyncio.CancelledError:
@@ -275,7 +251,7 @@ class ClipModel:
 
     async def _embed_when_free(self, frame: np.ndarray, give_up_at: float) -> tuple[np.ndarray, int]:
         """Join the next batch once a forward lane is free, unless that came after
-        ``give_up_at`` (the caller's ``wait_limit_s`` after the request reached this replica):
+        ``give_up_at`` (the caller's ``wait_limit_s`` after the image was decoded):
         then answer 503 ``overloaded`` rather than spend a forward pass on a stale request.
         (Checked when a lane frees; a frame may still wait in ``embed``'s queue after that.)
 
@@ -294,10 +270,16 @@ class ClipModel:
         key = label_set.label_names
         matrix = self.custom_heads.get(key)
         if matrix is None:
-            # On a forward lane: text and image passes never compete for the same cores.
-            head = await self.forward.call(build_head, label_set, self.encoder.encode_text)
-            self.custom_heads.put(key, head.matrix)
-            return head
+            # The images of one multi-image request arrive together with the same labels:
+            # the first builds the head, the others wait for it.
+            building = self._building.get(key)
+            if building is None:
+                # On a forward lane: text and image passes never compete for the same cores.
+                building = self._building[key] = asyncio.ensure_future(
+                    self.forward.call(build_head, label_set, self.encoder.encode_text))
+                building.add_done_callback(lambda _: self._building.pop(key, None))
+            matrix = (await asyncio.shield(building)).matrix
+            self.custom_heads.put(key, matrix)
         return Head(label_set, matrix)
 
     def catalog(self) -> dict:

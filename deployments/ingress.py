@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from classifiers.errors import ModerationError
+from classifiers.results import Classification
 from classifiers.schemas import (
     ClassifiersResponse, ClassifyBatchJsonRequest, ClassifyBatchResponse, ClassifyJsonRequest,
     ClassifyResponse, HeadsStatus, HealthResponse,
@@ -38,6 +39,24 @@ MULTIPART_SCHEMA = {
         "threshold": {"type": "number"},
     },
 }
+def _inlined(schema: dict) -> dict:
+    """A JSON schema with its ``$defs`` written in place: OpenAPI resolves ``#/$defs/...``
+    against the document's root, where they are not."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return walk(schema)
+
+
 BATCH_MULTIPART_SCHEMA = {
     **MULTIPART_SCHEMA,
     "properties": {**MULTIPART_SCHEMA["properties"],
@@ -48,7 +67,7 @@ BATCH_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": BATCH_MULTIPART_SCHEMA},
-            "application/json": {"schema": ClassifyBatchJsonRequest.model_json_schema()},
+            "application/json": {"schema": _inlined(ClassifyBatchJsonRequest.model_json_schema())},
         },
     }
 }
@@ -100,6 +119,16 @@ class Ingress:
         except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
             raise as_moderation_error(exc) from None
 
+    async def _classify_one(self, url: str | None, data: bytes | None, model_kwargs: dict):
+        """One image's ``Classification``, or its ``ModerationError`` (never raised: a bad
+        image, a failed download or a replica that died is that image's answer)."""
+        try:
+            image = self.fetcher.fetch.remote(url) if url is not None else data
+            return await self._call(self.model.try_classify.remote(
+                image, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
+        except ModerationError as error:
+            return error
+
     @app.post(
         "/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
         openapi_extra=CLASSIFY_BODY,
@@ -110,14 +139,11 @@ class Ingress:
         parsed = await parse_classify_request(request, self.settings.max_upload_bytes)
         if not self.admission.try_enter():  # a place from here until the model's answer
             raise self.admission.overloaded()
-        answered = False
+        result = None
         try:
-            image = self.fetcher.fetch.remote(parsed.url) if parsed.url is not None else parsed.data
-            result = await self._call(self.model.try_classify.remote(
-                image, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **parsed.model_kwargs))
-            answered = True
+            result = await self._classify_one(parsed.url, parsed.data, parsed.model_kwargs)
         finally:
-            self.admission.leave(completed=answered)
+            self.admission.leave(classified=int(isinstance(result, Classification)))
         if isinstance(result, ModerationError):
             raise result
         self.metrics.classified(result)
@@ -138,21 +164,23 @@ class Ingress:
         settings = self.settings
         parsed = await parse_batch_request(request, settings.max_upload_bytes, settings.max_images_per_request,
                                            settings.max_request_bytes)
+        if len(parsed.entries) > 1:  # each further image counts against the key's rate limit
+            await app.state.gatekeeper.admit(getattr(request.state, "api_key", None), len(parsed.entries) - 1)
         runnable = [entry for entry in parsed.entries if entry.error is None]
         outcomes: list = []
         if runnable:
             if not self.admission.try_enter(len(runnable)):  # a place per image
                 raise self.admission.overloaded()
-            answered = False
             try:
-                images = [self.fetcher.fetch.remote(e.url) if e.url is not None else e.data for e in runnable]
-                outcomes = await self._call(self.model.try_classify_many.remote(
-                    *images, wait_limit_s=2 * settings.queue_deadline_ms / 1000, **parsed.model_kwargs))
-                answered = True
+                # One model call per image: each joins the batches on its own, is routed to
+                # the least busy replica, and counts as ongoing for the autoscaler.
+                outcomes = await asyncio.gather(*(
+                    self._classify_one(e.url, e.data, parsed.model_kwargs) for e in runnable))
             finally:
-                self.admission.leave(completed=answered, images=len(runnable))
-            if isinstance(outcomes, ModerationError):  # the options, for every image
-                raise outcomes
+                self.admission.leave(len(runnable), sum(isinstance(o, Classification) for o in outcomes))
+            codes = {getattr(o, "code", None) for o in outcomes}
+            if codes == {"unknown_classifier"}:  # the options, shared by every image
+                raise outcomes[0]
         ran = iter(outcomes)
         results = [entry.error if entry.error is not None else next(ran) for entry in parsed.entries]
         for result in results:

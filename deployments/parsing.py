@@ -53,6 +53,12 @@ class BatchInput:
     model_kwargs: dict = field(default_factory=dict)
 
 
+def client_text(text: str | None, limit: int = 256) -> str | None:
+    """Text a client chose (a file or field name) made safe to echo in JSON: characters UTF-8
+    cannot carry (lone surrogates, from an exotic multipart charset) replaced, and cut."""
+    return None if text is None else text.encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -179,7 +185,8 @@ def _form_options(form, file_field: str = "file") -> ClassifyOptions:
         fields["threshold"] = form.get("threshold")
     unknown = set(form.keys()) - {file_field, "threshold", *LIST_FIELDS}
     if unknown:
-        raise ModerationError("invalid_request", f"unknown form fields {sorted(unknown)}")
+        names = sorted(client_text(name, 64) for name in unknown)[:10]
+        raise ModerationError("invalid_request", f"unknown form fields {names}")
     try:
         return ClassifyOptions.model_validate(fields)
     except ValidationError as exc:
@@ -245,7 +252,7 @@ def _decode_batch_json(body: bytes, max_bytes: int, max_images: int) -> BatchInp
 
 async def _parse_batch_multipart(request: Request, max_bytes: int, max_images: int) -> BatchInput:
     try:
-        form = await request.form(max_files=max_images, max_fields=400)
+        form = await request.form(max_files=max_images + 1, max_fields=400)  # one more: our message
     except HTTPException as exc:  # starlette: too many files or fields, a malformed body
         raise ModerationError("invalid_request", str(exc.detail)) from None
     try:
@@ -260,9 +267,9 @@ async def _parse_batch_multipart(request: Request, max_bytes: int, max_images: i
             data = await upload.read(max_bytes + 1)
             if len(data) > max_bytes:  # this image only
                 error = ModerationError("image_too_large", f"the image is larger than {max_bytes} bytes")
-                entries.append(BatchEntry(upload.filename, error=error))
+                entries.append(BatchEntry(client_text(upload.filename), error=error))
             else:
-                entries.append(BatchEntry(upload.filename, data=data))
+                entries.append(BatchEntry(client_text(upload.filename), data=data))
         return BatchInput(options, entries, kwargs)
     finally:
         await form.close()

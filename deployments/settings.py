@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from classifiers.model import DEFAULT_MODEL
 from classifiers.registry import BUILTIN_CLASSIFIERS
+from classifiers.schemas import MAX_BATCH_IMAGES
 from classifiers.trained import NAME_PATTERN
 from deployments.forward import MAX_LANES
 
@@ -193,7 +194,7 @@ def _check_limit(value: str | None) -> str | None:
 class IngressSettings(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     max_images_per_request: int = Field(
-        32, ge=1, le=256, description="Images one `POST /v1/classify/batch` may carry.",
+        32, ge=1, le=MAX_BATCH_IMAGES, description="Images one `POST /v1/classify/batch` may carry.",
     )
     max_request_bytes: int = Field(
         64_000_000, gt=0, description="Body limit of `POST /v1/classify/batch` (all its images "

@@ -185,7 +185,7 @@ class InProcessBackend:
 class ServerBackend:
     """Scores from a running service through ``ModerationClient``; answers cached per image."""
 
-    def __init__(self, client, server: str, cache: ResultCache, concurrency: int = 8,
+    def __init__(self, client, server: str, cache: ResultCache, concurrency: int = 32,
                  chunk: int = 64) -> None:
         self.client, self.server, self.cache = client, server, cache
         self.concurrency, self.chunk = concurrency, chunk
@@ -232,8 +232,10 @@ class ServerBackend:
             known = self.cache.get_answers(producer, sorted({d for d, _ in loaded.values()}))
             todo = {d: data for d, data in loaded.values() if d not in known}
             fresh = {}
-            for item in self.client.classify_many(list(todo.values()), concurrency=self.concurrency,
-                                                  ordered=True, **options):
+            # ``concurrency`` images in flight: requests of up to 16 images each
+            per_request = min(16, self.concurrency)
+            for item in self.client.classify_many(list(todo.values()), ordered=True, batch_size=per_request,
+                                                  concurrency=max(1, self.concurrency // per_request), **options):
                 key = list(todo)[item.index]
                 if item.error is not None:
                     fresh[key] = {"error": f"{getattr(item.error, 'code', type(item.error).__name__)}: "

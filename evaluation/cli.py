@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=int, default=1)
     parser.add_argument("--server", help="evaluate a running service at this URL instead")
     parser.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY"))
-    parser.add_argument("--concurrency", "-j", type=int, default=8)
+    parser.add_argument("--concurrency", "-j", type=int, default=32,
+                        help="--server: images in flight, sent up to 16 per request (default 32)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
     if args.unsafe_labels and not args.labels:

@@ -132,7 +132,7 @@ def render_markdown(report: dict) -> str:
     cache = report["cache"]
     cache_line = (f"{cache['images_encoded']} images encoded, {cache['images_from_cache']} from the cache"
                   if report["mode"] == "in-process"
-                  else f"{cache['requests_sent']} requests sent, {cache['answers_from_cache']} answers from the cache")
+                  else f"{cache['requests_sent']} images sent to the server, {cache['answers_from_cache']} answers from the cache")
     training = report.get("training")
     out = [f"# {'Training' if training else 'Evaluation'}: `{report['classifier']}` on `{report['dataset']}`", ""]
     if training:

@@ -114,8 +114,10 @@ def test_many_send_batches_of_mixed_inputs_and_each_image_gets_its_own_answer(cl
                 assert nudity_scores(r.response) == pytest.approx(alone, abs=1e-4)
                 assert r.response.request_id and r.response.model
 
-    check(list(client.classify_many(images, batch_size=3, ordered=True, classifiers=["nudity"])))
-    assert client._batch_route  # the server has the route: it was used
+    results = list(client.classify_many(images, batch_size=3, ordered=True, classifiers=["nudity"]))
+    check(results)
+    # One request per chunk of three (the first chunk: path, bytes and URL in one JSON body).
+    assert len({r.response.request_id for r in results[:3]}) == 1
 
     async def main():
         async with AsyncModerationClient(base_url) as aclient:
@@ -134,6 +136,32 @@ def test_many_fall_back_to_one_request_per_image_without_the_batch_route(ok_body
         assert old.paths == ["/v1/classify/batch"] + ["/v1/classify"] * 5
     finally:
         old.close()
+
+
+def test_a_refused_batch_and_shed_items_are_sent_again_one_by_one(ok_body):
+    too_big = json.dumps({"error": {"code": "image_too_large", "message": "the request body is larger",
+                                    "request_id": "r"}}).encode()
+    refusing = ScriptedServer([], ok_body, answers={"/v1/classify/batch": (413, too_big)})
+    one = json.loads(ok_body)
+    partly_shed = json.dumps({
+        "request_id": "b", "model": one["model"], "model_family": one["model_family"], "flagged": False,
+        "errors": 1, "total_ms": 1.0, "items": [
+            {"index": 0, "flagged": one["flagged"], "results": one["results"], "timing": one["timing"]},
+            {"index": 1, "error": {"code": "overloaded", "message": "waited too long", "status": 503}},
+        ]}).encode()
+    shedding = ScriptedServer([], ok_body, answers={"/v1/classify/batch": (200, partly_shed)})
+    try:
+        with ModerationClient(refusing.url, retry=FAST_RETRY) as c:
+            results = list(c.classify_many([PHOTO] * 3, batch_size=3, ordered=True))
+        assert [r.ok for r in results] == [True] * 3
+        assert refusing.paths == ["/v1/classify/batch"] + ["/v1/classify"] * 3
+        with ModerationClient(shedding.url, retry=FAST_RETRY) as c:
+            results = list(c.classify_many([PHOTO] * 2, batch_size=2, ordered=True))
+        assert [r.ok for r in results] == [True, True] and results[0].response.request_id == "b"
+        assert shedding.paths == ["/v1/classify/batch", "/v1/classify"]  # only the shed one again
+    finally:
+        refusing.close()
+        shedding.close()
 
 
 def test_async_client_every_input_kind_and_many(base_url, inputs):
@@ -159,7 +187,7 @@ class ScriptedServer:
     """Answers with the scripted statuses in turn (then 200 with a real body); counts hits."""
 
     def __init__(self, statuses: list[int], ok_body: bytes, delay_s: float = 0.0,
-                 missing: tuple[str, ...] = ()) -> None:
+                 missing: tuple[str, ...] = (), answers: dict[str, tuple[int, bytes]] | None = None) -> None:
         self.statuses, self.hits, self.ok_body = list(statuses), 0, ok_body
         self.paths: list[str] = []
         outer = self
@@ -170,6 +198,14 @@ class ScriptedServer:
                 outer.hits += 1
                 outer.paths.append(self.path)
                 time.sleep(delay_s)
+                if self.path in (answers or {}):  # this path's one answer
+                    status, body = answers[self.path]
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if self.path in missing:  # as a server of an older version answers
                     body = json.dumps({"error": {"code": "not_found", "message": "Not Found",
                                                  "request_id": "r"}}).encode()

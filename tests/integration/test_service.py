@@ -316,3 +316,14 @@ def test_batch_images_join_the_model_batches_one_by_one(http):
 ])
 def test_batch_whole_request_errors(http, request_kwargs, status, code):
     assert_error(http.post("/v1/classify/batch", **request_kwargs), status, code)
+
+
+def test_batch_file_names_are_echoed_safely_whatever_their_charset(http):
+    boundary = "b0undary"
+    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="\\ud800{"x" * 300}.jpg"'
+            f"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + PHOTO + f"\r\n--{boundary}--\r\n".encode()
+    response = http.post("/v1/classify/batch", content=part, headers={
+        "content-type": f"multipart/form-data; boundary={boundary}; charset=unicode_escape"})
+    assert response.status_code == 200, response.text
+    item = response.json()["items"][0]
+    assert item["error"] is None and item["id"].startswith("?x") and len(item["id"]) == 256

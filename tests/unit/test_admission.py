@@ -26,12 +26,12 @@ def test_the_bound_is_min_inflight_until_the_rate_is_known_then_rate_times_deadl
     assert [admission.try_enter() for _ in range(5)] == [True] * 4 + [False]
     for _ in range(4):  # four done in 0.02 s: too few to trust a rate
         clock.now += 0.005
-        admission.leave(completed=True)
+        admission.leave(classified=1)
     assert admission.limit() == 4
     for _ in range(500):  # 200 completions/s, steadily, for longer than the window
         admission.try_enter()
         clock.now += 0.005
-        admission.leave(completed=True)
+        admission.leave(classified=1)
     assert admission.rate() == pytest.approx(200, rel=0.05)
     assert admission.limit() == pytest.approx(100, abs=2)  # 200/s x 0.5 s
     assert admission.retry_after_s() == 1
@@ -46,8 +46,8 @@ def test_a_multi_image_request_takes_a_place_per_image_and_counts_each_answer():
     assert admission.try_enter(6) and admission.inflight == 12  # room was left: not refused for size
     assert not admission.try_enter(1)  # now full
     clock.now += 0.1
-    admission.leave(completed=True, images=6)
-    admission.leave(completed=True, images=6)
+    admission.leave(6, classified=6)
+    admission.leave(6, classified=6)
     assert admission.inflight == 0 and admission.rate() == pytest.approx(12 / 2.0)  # over the 2 s window
 
 
@@ -57,7 +57,7 @@ def test_failed_requests_leave_without_counting_as_service():
     for _ in range(50):
         assert admission.try_enter()
         clock.now += 0.001
-        admission.leave(completed=False)
+        admission.leave(classified=0)
     assert admission.inflight == 0 and admission.rate() == 0
 
 

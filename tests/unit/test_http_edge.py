@@ -88,6 +88,17 @@ def test_batch_json_keeps_a_bad_image_as_its_own_error_and_refuses_too_many():
             _decode_batch_json(json.dumps(bad).encode(), max_bytes=100, max_images=4)
 
 
+def test_a_huge_images_list_is_refused_at_once():
+    import time
+
+    body = json.dumps({"images": [{}] * 100_000}).encode()
+    start = time.perf_counter()
+    with pytest.raises(ModerationError) as info:
+        _decode_batch_json(body, max_bytes=100, max_images=32)
+    assert info.value.code == "invalid_request"
+    assert time.perf_counter() - start < 1.0  # the list's length is checked before its items
+
+
 def test_batch_response_keeps_order_ids_and_per_image_errors():
     result = ClassifierResult(
         name="gore", kind="exclusive", scores={"gore": 0.9, "none": 0.1}, top_label="gore",
