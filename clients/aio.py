@@ -9,9 +9,9 @@ import aiohttp
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import (
-    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
-    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunks, load_image,
-    parse_batch_response, parse_response,
+    BATCH_PATH, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
+    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
+    in_order, load_images, parse_batch_response, parse_response,
 )
 from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
@@ -95,12 +95,7 @@ class AsyncModerationClient:
 
     async def classify_batch(self, images: list[ImageInput], **options) -> list[ClassifyResponse | Exception]:
         """Classify images with ``/v1/classify/batch`` (see ``ModerationClient.classify_batch``)."""
-        loaded: list = []
-        for image in images:
-            try:
-                loaded.append(await asyncio.to_thread(load_image, image))
-            except Exception as exc:  # noqa: BLE001 - this image only
-                loaded.append(exc)
+        loaded = await asyncio.to_thread(load_images, images)
         sendable = [item for item in loaded if not isinstance(item, Exception)]
         answers: list = []
         for group in byte_groups(sendable, use_base64=options.get("use_base64", False)):
@@ -118,8 +113,7 @@ class AsyncModerationClient:
 
             status, content, headers = await self._send("POST", BATCH_PATH, body)
             answers += parse_batch_response(status, content, headers)
-        ran = iter(answers)
-        return [item if isinstance(item, Exception) else next(ran) for item in loaded]
+        return in_order(loaded, answers)
 
     async def classify_many(
         self,
@@ -164,10 +158,7 @@ class AsyncModerationClient:
                     return await singles(indices)
                 except Exception as exc:  # noqa: BLE001 - e.g. the service is gone
                     return [ManyResult(i, images[i], error=exc) for i in indices]
-                results = {i: ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
-                           else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)}
-                again = [i for i, answer in zip(indices, answers)
-                         if getattr(answer, "code", None) in RETRY_ITEM_CODES]
+                results, again = chunk_results(indices, images, answers)
                 if again:
                     await asyncio.sleep(self.retry.delay(0))
                     results.update((r.index, r) for r in await singles(again))

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from classifiers.schemas import ClassifyBatchResponse, ClassifyResponse
 from clients.errors import ModerationAPIError
+from clients.results import ManyResult
 
 # What a caller may pass as an image: a path, raw bytes, a PIL image, or an http(s) URL.
 ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image"]  # noqa: F821
@@ -99,6 +100,32 @@ class BatchRouteMissing(Exception):
 def load_image(image: ImageInput) -> tuple[str, bytes] | str:
     """A URL as is, anything else as ``(file name, bytes)``; raises what reading it raises."""
     return image if is_url(image) else _image_bytes(image)
+
+
+def load_images(images: list[ImageInput]) -> list:
+    """Each image as ``load_image`` gives it, or the exception reading it raised (that image's
+    answer: it is not sent)."""
+    loaded: list = []
+    for image in images:
+        try:
+            loaded.append(load_image(image))
+        except Exception as exc:  # noqa: BLE001 - this image only
+            loaded.append(exc)
+    return loaded
+
+
+def in_order(loaded: list, answers: list) -> list:
+    """The server's answers for the images that were sent, merged back among the unreadable."""
+    sent = iter(answers)
+    return [item if isinstance(item, Exception) else next(sent) for item in loaded]
+
+
+def chunk_results(indices: list[int], images: list, answers: list) -> tuple[dict[int, ManyResult], list[int]]:
+    """A chunk's results by input position, and the positions the server shed (to send again)."""
+    results = {i: ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
+               else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)}
+    again = [i for i, answer in zip(indices, answers) if getattr(answer, "code", None) in RETRY_ITEM_CODES]
+    return results, again
 
 
 def build_batch_request(

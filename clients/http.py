@@ -10,9 +10,9 @@ import httpx
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import (
-    BATCH_PATH, RETRY_ITEM_CODES, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
-    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunks, load_image,
-    parse_batch_response, parse_response,
+    BATCH_PATH, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
+    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
+    in_order, load_images, parse_batch_response, parse_response,
 )
 from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
@@ -81,20 +81,14 @@ class ModerationClient:
         ``max_images_per_request``, 32 by default): each image's response or its error, in
         order; an unreadable file is its own error, and images whose bodies would pass
         ``BATCH_BYTES`` go in further requests. Raises for an error about a whole request."""
-        loaded: list = []
-        for image in images:
-            try:
-                loaded.append(load_image(image))
-            except Exception as exc:  # noqa: BLE001 - this image only
-                loaded.append(exc)
+        loaded = load_images(images)
         sendable = [item for item in loaded if not isinstance(item, Exception)]
         answers: list = []
         for group in byte_groups(sendable, use_base64=options.get("use_base64", False)):
             request = build_batch_request([sendable[i] for i in group], **options)
             response = self._send("POST", BATCH_PATH, json=request.json, files=request.files, data=request.data)
             answers += parse_batch_response(response.status_code, response.content, response.headers)
-        ran = iter(answers)
-        return [item if isinstance(item, Exception) else next(ran) for item in loaded]
+        return in_order(loaded, answers)
 
     def classify_many(
         self,
@@ -140,9 +134,7 @@ class ModerationClient:
                 return singles(indices)
             except Exception as exc:  # noqa: BLE001 - e.g. the service is gone: each image says so
                 return [ManyResult(i, images[i], error=exc) for i in indices]
-            results = {i: ManyResult(i, images[i], error=answer) if isinstance(answer, Exception)
-                       else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)}
-            again = [i for i, answer in zip(indices, answers) if getattr(answer, "code", None) in RETRY_ITEM_CODES]
+            results, again = chunk_results(indices, images, answers)
             if again:
                 time.sleep(self.retry.delay(0))
                 results.update((r.index, r) for r in singles(again))
