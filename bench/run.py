@@ -10,6 +10,7 @@ not depend on weight values). All traffic goes to 127.0.0.1. Prints a table, wri
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import json
 import os
 import platform
@@ -65,7 +66,8 @@ def stop(process: subprocess.Popen) -> str:
         return "killed: still running 90 s after SIGINT"
 
 
-def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int, lanes: int) -> dict:
+def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int, lanes: int,
+                  engine: str = "torch") -> dict:
     """The image tower alone, on preprocessed pixels, in the forward lanes the service uses.
 
     Measures each way the service runs batches (one forward on all threads; every lane at
@@ -80,7 +82,7 @@ def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int,
     from classifiers.preprocess import decode_image
     from deployments.forward import ForwardLanes
 
-    forward = ForwardLanes(partial(load_clip, model, device, dtype), threads, lanes)
+    forward = ForwardLanes(partial(load_clip, model, device, dtype), threads, lanes, engine=engine)
     encoder = forward.encoder
     pixels = np.stack([decode_image(jpeg(1024, 768, seed=i), encoder.image_spec) for i in range(batch)])
 
@@ -103,7 +105,7 @@ def model_ceiling(model: str, device: str, dtype: str, batch: int, threads: int,
             layouts[f"{forward.layout} at once, batch {size} each"] = per_s(forward.lanes, size, 3)
     one = 1000 / per_s([forward.whole], 1, 20)
     forward.shutdown()
-    return {"batch": batch, "dtype": str(encoder.dtype).replace("torch.", ""), "threads": threads,
+    return {"engine": forward.engine, "batch": batch, "dtype": str(encoder.dtype).replace("torch.", ""), "threads": threads,
             "lanes": forward.layout, "images_per_s": round(max(layouts.values()), 2),
             "layouts": {k: round(v, 2) for k, v in layouts.items()}, "batch1_latency_ms": round(one, 1)}
 
@@ -120,12 +122,12 @@ def mean_ceiling(first: dict, last: dict) -> dict:
 
 
 def service_config(model: str, device: str, dtype: str, port: int, batch: int, threads: int,
-                   lanes: int, path: Path) -> None:
+                   lanes: int, path: Path, engine: str = "auto") -> None:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch,
-                       torch_threads=threads, forward_lanes=lanes)
+                       torch_threads=threads, forward_lanes=lanes, engine=engine)
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--lanes", type=int, help="forward lanes (default: the service's default)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "openvino"),
+                        help="the service's image tower engine (the ceiling is measured for each)")
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--per-request", type=int, default=16,
@@ -178,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "python": platform.python_version()},
                     "settings": vars(args) | {"model": model}}
 
+    from classifiers.engines import openvino_available
+
+    engines = ["torch"] + (["openvino"] if openvino_available() and args.device == "cpu" else [])
+    ceiling = partial(model_ceiling, model, args.device, args.dtype, args.batch, args.threads, args.lanes)
     print("model ceiling ...", file=sys.stderr)
-    first = model_ceiling(model, args.device, args.dtype, args.batch, args.threads, args.lanes)
+    first = {engine: ceiling(engine) for engine in engines}
     print(f"  {first}", file=sys.stderr)
 
     if not args.skip_naive:
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print("service ...", file=sys.stderr)
     port = free_port()
     config = work / "serve_config.yaml"
-    service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config)
+    service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config, args.engine)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
     env["PYTHONUNBUFFERED"] = "1"  # the log keeps what the launcher printed even if it is killed
     (work / "haproxy").mkdir()
@@ -234,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  stopped HAProxy processes the service left running: {leftover}", file=sys.stderr)
 
     print("model ceiling again ...", file=sys.stderr)
-    last = model_ceiling(model, args.device, args.dtype, args.batch, args.threads, args.lanes)
+    last = {engine: ceiling(engine) for engine in engines}
     print(f"  {last}", file=sys.stderr)
-    report["ceiling"] = mean_ceiling(first, last)
+    ceilings = {engine: mean_ceiling(first[engine], last[engine]) for engine in engines}
+    # The service is held to the best engine's ceiling; each engine's is printed.
+    report["ceilings"] = ceilings
+    report["ceiling"] = max(ceilings.values(), key=lambda c: c["images_per_s"])
     report["summary"] = summarise(report)
     report["targets"] = targets(report)
     Path(args.output).write_text(json.dumps(report, indent=2))
@@ -264,6 +275,8 @@ def targets(report: dict) -> list[dict]:
         row = summary["1024x768@32"]
         rows.append({"target": "1024x768 c=32 >= 85 % of the ceiling", "measured": f"{row['vs_ceiling']:.0%}",
                      "met": row["vs_ceiling"] >= 0.85})
+        rows.append({"target": "1024x768 c=32 single-image >= 75 % of the ceiling (issue 21)",
+                     "measured": f"{row['vs_ceiling']:.0%}", "met": row["vs_ceiling"] >= 0.75})
         if "vs_naive" in row:
             rows.append({"target": "1024x768 c=32 >= 3.5x naive", "measured": f"{row['vs_naive']}x",
                          "met": row["vs_naive"] >= 3.5})
@@ -280,13 +293,19 @@ def targets(report: dict) -> list[dict]:
         p50 = service["1024x768@1"]["p50_ms"]
         rows.append({"target": f"1024x768 c=1 p50 <= 1.25 x batch-1 + 15 ms = {limit} ms",
                      "measured": f"{p50} ms", "met": p50 <= limit})
+        strict = round(ceiling["batch1_latency_ms"] + 15, 1)
+        rows.append({"target": f"1024x768 c=1 p50 <= batch-1 + 15 ms = {strict} ms (issue 21)",
+                     "measured": f"{p50} ms", "met": p50 <= strict})
     return rows
 
 
 def table(report: dict) -> str:
     c = report["ceiling"]
     lines = [
-        f"model ceiling: {c['images_per_s']} img/s (batch {c['batch']}, {c['dtype']}, "
+        "engines' ceilings: " + "; ".join(
+            f"{name} {e['images_per_s']} img/s (batch-1 {e['batch1_latency_ms']} ms)"
+            for name, e in report.get("ceilings", {}).items()),
+        f"model ceiling: {c['images_per_s']} img/s ({c.get('engine', 'torch')}, batch {c['batch']}, {c['dtype']}, "
         f"{c['threads']} threads in lanes of {c['lanes']}); batch-1 latency {c['batch1_latency_ms']} ms",
         "  layouts: " + "; ".join(f"{k}: {v}" for k, v in c["layouts"].items()),
         f"  (means of the runs before and after the load: {c['images_per_s_runs']} img/s, "

@@ -96,6 +96,8 @@ class ClipEncoder:
         std = torch.tensor(image_spec.std, device=device) / image_spec.rescale
         self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self._eager_tower = self._image_tower = _image_tower(model)
+        self.engine = "torch"  # or "openvino": see use_engine
+        self._openvino_model = None
 
     @property
     def logit_scale(self) -> float:
@@ -118,6 +120,7 @@ class ClipEncoder:
             "logit_bias": round(self.logits.bias, 6) if self.logits.sigmoid else None,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
+            "engine": self.engine,
         }
 
     def traced_tower(self):
@@ -146,6 +149,46 @@ class ClipEncoder:
             logger.warning("image tower tracing failed, staying eager: %s", exc)
             return None
         return traced
+
+    def use_engine(self, requested: str, threads: int) -> tuple[str, str]:
+        """Run the image tower on ``requested`` (``auto``, ``torch``, ``openvino``; see
+        ``classifiers.engines``) with ``threads`` threads; returns the engine and why. Call it
+        on the thread that will run the default tower."""
+        import torch
+
+        from classifiers import engines
+
+        engine, why = engines.choose(requested, self.device, self.image_spec.fixed_shape)
+        if engine == "torch":
+            return "torch", why
+        size = self.image_spec.size
+        try:
+            converted = engines.convert_tower(self._eager_tower, size)
+            tower = engines.OpenVinoTower(converted, engines.precision_of(self.dtype), threads)
+        except Exception as exc:  # noqa: BLE001 - torch is always a correct fallback for auto
+            if requested == "openvino":
+                raise ModelLoadError(f"engine openvino could not compile the image tower of "
+                                     f"{self.name!r}: {type(exc).__name__}: {exc}") from None
+            return "torch", f"OpenVINO could not compile the tower ({type(exc).__name__}: {exc})"
+        if requested == "auto":
+            batch = torch.zeros(8, 3, size, size, dtype=self.dtype, device=self.device)
+            openvino_rate = engines.images_per_s(tower, batch)
+            torch_rate = engines.images_per_s(self._image_tower, batch)
+            why = (f"measured on {threads} thread(s), batch 8: OpenVINO {openvino_rate:.1f} img/s, "
+                   f"torch {torch_rate:.1f} img/s")
+            if openvino_rate < engines.AUTO_MARGIN * torch_rate:
+                return "torch", why
+        self.engine, self._openvino_model, self._image_tower = "openvino", converted, tower
+        return "openvino", why
+
+    def lane_tower(self, threads: int):
+        """A tower of its own for a forward lane with ``threads`` threads, in this encoder's
+        engine (None: the default, where a torch trace is not possible)."""
+        if self.engine == "openvino":
+            from classifiers import engines
+
+            return engines.OpenVinoTower(self._openvino_model, engines.precision_of(self.dtype), threads)
+        return self.traced_tower()
 
     def trace_image_tower(self) -> bool:
         """Make a traced tower (``traced_tower``) this encoder's default; False: stays eager."""

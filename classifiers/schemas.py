@@ -249,6 +249,7 @@ class ModelInfo(BaseModel):
     logit_bias: float | None = None
     dtype: str
     device: str
+    engine: str = Field("torch", description="What runs the image tower: `torch` or `openvino`.")
 
 
 class ClassifiersResponse(BaseModel):

@@ -84,7 +84,8 @@ class ClipModel:
         threads = _torch_threads(settings.torch_threads)
         lanes = settings.forward_lanes or default_lanes(resolve_device(settings.device), threads)
         self.forward = ForwardLanes(
-            partial(load_clip, settings.model, settings.device, settings.dtype), threads, lanes, settings.nice
+            partial(load_clip, settings.model, settings.device, settings.dtype), threads, lanes, settings.nice,
+            settings.engine,
         )
         self.encoder = self.forward.encoder
         self.heads = self.forward.run_sync(self._builtin_heads)
@@ -97,8 +98,9 @@ class ClipModel:
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
-        logger.info("ClipModel ready: %s, %s, forward lanes of %s", settings.model,
-                    self.encoder.dtype, self.forward.layout)
+        logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s (%s: %s)", settings.model,
+                    self.encoder.dtype, self.forward.layout, self.forward.engine,
+                    f"engine {settings.engine}", self.forward.engine_reason)
 
     def _builtin_heads(self) -> dict[str, Head]:
         return {

@@ -112,7 +112,8 @@ class ForwardLanes:
     from one event loop.
     """
 
-    def __init__(self, load: Callable[[], ClipEncoder], threads: int, lanes: int, nice: int = 0) -> None:
+    def __init__(self, load: Callable[[], ClipEncoder], threads: int, lanes: int, nice: int = 0,
+                 engine: str = "torch") -> None:
         if not 1 <= lanes <= MAX_LANES:
             raise ValueError(f"lanes must be 1..{MAX_LANES}, got {lanes}")
         if lanes > threads:  # one thread is the least a lane can have
@@ -121,12 +122,13 @@ class ForwardLanes:
             lanes = threads
         self.whole = Lane("forward", threads, nice)
         self.encoder: ClipEncoder = self.whole.submit(load).result()
+        self.engine, self.engine_reason = self.whole.submit(self.encoder.use_engine, engine, threads).result()
         if lanes == 1:
             self.lanes = [self.whole]
         else:
             self.lanes = [Lane(f"forward-{i}", n, nice) for i, n in enumerate(split_threads(threads, lanes))]
             for lane in self.lanes:
-                lane.tower = lane.submit(self.encoder.traced_tower).result()
+                lane.tower = lane.submit(self.encoder.lane_tower, lane.threads).result()
         _set_torch_threads(threads)  # threads not yet started take torch's last global setting
         self._idle = list(self.lanes)
         self._waiters: list[asyncio.Future] = []

@@ -58,7 +58,8 @@ def service(tiny_clip_dir, servers):
         timeout_s=2, allowed_networks=("127.0.0.0/8",),
         allowed_ports=(image_port, canary.port, free_port()),  # the last one: nothing listens
     )
-    open_args = AppArgs(model=tiny_clip_dir, max_batch_size=4, batch_wait_timeout_s=0.01, fetch=fetch)
+    open_args = AppArgs(model=tiny_clip_dir, max_batch_size=4, batch_wait_timeout_s=0.01, fetch=fetch,
+                        engine="torch")  # test_service's serves OpenVINO
     guarded_args = AppArgs(
         model=tiny_clip_dir, request_timeout_s=1.5,
         fetch=FetchSettings(**{**fetch.model_dump(), "timeout_s": 10}),
@@ -381,3 +382,8 @@ def test_killed_model_replica_is_replaced_and_clients_retry(service):
         time.sleep(1)
     print(f"503 model_unavailable answers during the restart: {values[key]:.0f}")
     assert values[key] >= 1 and values[internal] == 0
+
+
+def test_the_torch_engine_serves_when_asked_for(http):
+    assert http.get("/v1/classifiers").json()["model_info"]["engine"] == "torch"
+    assert upload(http).status_code == 200

@@ -7,6 +7,7 @@ import httpx
 import pytest
 from ray import serve
 
+from classifiers.engines import openvino_available
 from classifiers.errors import ModerationError
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
@@ -18,6 +19,9 @@ from integration.servers import serve_routes
 pytestmark = pytest.mark.integration
 
 PHOTO = jpeg(640, 480, seed=1)
+# This module's service runs the image tower on OpenVINO (test_operations' on torch), so each
+# engine serves real requests through Ray Serve; torch where openvino cannot be installed.
+ENGINE = "openvino" if openvino_available() else "torch"
 OTHER = png(300, 200, seed=2)
 
 
@@ -39,6 +43,7 @@ def app_args(tiny_clip_dir, image_port):
     return AppArgs(
         model=tiny_clip_dir, max_batch_size=8, batch_wait_timeout_s=0.05,
         torch_threads=2, forward_lanes=2,  # the CPU default with 2 CPUs (replicas here get 1)
+        engine=ENGINE,
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
     )
 
@@ -327,3 +332,9 @@ def test_batch_file_names_are_echoed_safely_whatever_their_charset(http):
     assert response.status_code == 200, response.text
     item = response.json()["items"][0]
     assert item["error"] is None and item["id"].startswith("?x") and len(item["id"]) == 256
+
+
+def test_the_model_info_names_the_engine_that_serves(http):
+    if ENGINE == "torch":
+        print("openvino is not installed: this module's service runs torch")
+    assert http.get("/v1/classifiers").json()["model_info"]["engine"] == ENGINE

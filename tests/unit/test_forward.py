@@ -25,7 +25,10 @@ class RecordingEncoder:
         self.hold = threading.Event()
         self.hold.set()
 
-    def traced_tower(self) -> str:
+    def use_engine(self, requested: str, threads: int) -> tuple[str, str]:
+        return "torch", "a recording encoder"
+
+    def lane_tower(self, threads: int) -> str:
         return f"tower of {threading.current_thread().name}"
 
     def encode_images(self, pixels: np.ndarray, tower=None) -> np.ndarray:

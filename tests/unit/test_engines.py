@@ -1,0 +1,87 @@
+"""Image tower engines: OpenVINO's embeddings against torch float32 (full-size ViT-B/32
+architecture, random weights), per-lane towers, and how ``auto`` and ``openvino`` choose."""
+
+import asyncio
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from classifiers import engines
+from classifiers.errors import ModelLoadError
+from classifiers.model import load_clip
+from classifiers.preprocess import decode_image
+from deployments.forward import ForwardLanes
+from images import encode, photo_like
+
+needs_openvino = pytest.mark.skipif(not engines.openvino_available(),
+                                    reason="openvino is not installed (pip install '.[openvino]')")
+
+
+def photos(spec, n: int = 4) -> np.ndarray:
+    return np.stack([decode_image(encode(photo_like(320, 240, s), "JPEG"), spec) for s in range(n)])
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def base_clip_dir(tmp_path_factory):
+    from classifiers.random_checkpoint import build_random_clip
+
+    return str(build_random_clip(tmp_path_factory.mktemp("base") / "clip", size="base"))
+
+
+@needs_openvino
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_openvino_embeddings_match_torch_float32_on_the_full_size_architecture(base_clip_dir, dtype):
+    if dtype == "bfloat16" and "BF16" not in __import__("openvino").Core().get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no native bf16")
+    reference_encoder = load_clip(base_clip_dir, "cpu", "float32", trace=False)
+    pixels = photos(reference_encoder.image_spec)
+    reference = reference_encoder.encode_images(pixels)
+    encoder = load_clip(base_clip_dir, "cpu", dtype, trace=False)
+    engine, why = encoder.use_engine("openvino", threads=torch.get_num_threads())
+    assert engine == "openvino" and encoder.info()["engine"] == "openvino", why
+    got = encoder.encode_images(pixels)
+    lane = encoder.encode_images(pixels, tower=encoder.lane_tower(1))
+    print(f"{dtype}: cosine to torch float32 min {cosines(got, reference).min():.6f}")
+    assert cosines(got, reference).min() >= 0.999
+    np.testing.assert_allclose(lane, got, atol=2e-2 if dtype == "bfloat16" else 1e-4)
+
+
+@needs_openvino
+def test_every_lane_runs_its_own_openvino_tower_and_auto_says_why(tiny_clip_dir):
+    threads = torch.get_num_threads()
+    try:
+        forward = ForwardLanes(partial(load_clip, tiny_clip_dir, "cpu", "float32"), threads=2, lanes=2,
+                               engine="openvino")
+        pixels = photos(forward.encoder.image_spec, 5)
+        reference = load_clip(tiny_clip_dir, "cpu", "float32", trace=False).encode_images(pixels)
+        five = asyncio.run(forward.encode(pixels))
+        assert forward.engine == "openvino"
+        assert all(isinstance(lane.tower, engines.OpenVinoTower) and lane.tower.threads == 1
+                   for lane in forward.lanes)
+        assert cosines(five, reference).min() >= 0.999
+        forward.shutdown()
+        auto = ForwardLanes(partial(load_clip, tiny_clip_dir, "cpu", "float32"), threads=2, lanes=2, engine="auto")
+        assert auto.engine in ("torch", "openvino") and "measured" in auto.engine_reason
+        auto.shutdown()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_engine_choice_without_measuring():
+    assert engines.choose("torch", "cpu", True) == ("torch", "asked for")
+    with pytest.raises(ModelLoadError, match="engine must be one of"):
+        engines.choose("tensorrt", "cpu", True)
+    engine, why = engines.choose("auto", "cuda", True)
+    assert engine == "torch" and ("CPU only" in why or "not installed" in why)
+    engine, why = engines.choose("auto", "cpu", False)
+    assert engine == "torch" and ("NaFlex" in why or "not installed" in why)
+    with pytest.raises(ModelLoadError, match="engine openvino"):
+        engines.choose("openvino", "cuda:0", True)
+    assert engines.precision_of(torch.bfloat16) == "bf16" and engines.precision_of(torch.float32) == "f32"
