@@ -1,7 +1,12 @@
 """One benchmark run, side by side on this machine: model ceiling, naive server, this service.
 
     python -m bench.run [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
-                        [--model DIR] [--requests N] [--output bench/results.json]
+                        [--model DIR] [--requests N] [--engine auto|torch|openvino]
+                        [--per-request 16] [--output bench/results.json]
+
+On a GPU machine, `python -m bench.run --device cuda --skip-naive` runs unattended: the
+ceiling, the service at concurrency 1, 8, 32 and 128 with GPU 0's utilisation sampled from
+nvidia-smi during each load, and the multi-image load.
 
 Without --model it builds the full-size ViT-B/32 architecture with random weights (speed does
 not depend on weight values). All traffic goes to 127.0.0.1. Prints a table, writes JSON.
@@ -10,6 +15,7 @@ not depend on weight values). All traffic goes to 127.0.0.1. Prints a table, wri
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from functools import partial
 import json
 import os
@@ -132,16 +138,24 @@ def service_config(model: str, device: str, dtype: str, port: int, batch: int, t
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
             deployment["ray_actor_options"]["num_cpus"] = threads
+            if device.startswith("cuda"):  # Ray hides GPUs from actors that did not ask for one
+                deployment["ray_actor_options"]["num_gpus"] = 1
     path.write_text(yaml.safe_dump(config))
 
 
-def load_grid(url: str, images: dict, concurrencies: list[int], requests: int, form: dict) -> dict:
+def load_grid(url: str, images: dict, concurrencies: list[int], requests: int, form: dict,
+              gpu: bool = False) -> dict:
+    """Each image size at each concurrency; with ``gpu``, GPU 0's utilisation during each."""
+    from bench.gpu import GpuSampler
+
     out = {}
     for size, data in images.items():
         for c in concurrencies:
-            result = run_load(url, data, c, max(requests, 4 * c), form=form, warmup=min(2 * c, 16))
-            out[f"{size}@{c}"] = result.as_dict()
-            print(f"  {size} c={c}: {result.images_per_s} img/s, p50 {result.p50_ms} ms", file=sys.stderr)
+            with GpuSampler() if gpu else nullcontext() as sampler:
+                result = run_load(url, data, c, max(requests, 4 * c), form=form, warmup=min(2 * c, 16))
+            out[f"{size}@{c}"] = result.as_dict() | ({"gpu": sampler.summary()} if gpu else {})
+            print(f"  {size} c={c}: {result.images_per_s} img/s, p50 {result.p50_ms} ms"
+                  + (f", GPU {out[f'{size}@{c}']['gpu']}" if gpu else ""), file=sys.stderr)
     return out
 
 
@@ -156,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto", choices=("auto", "torch", "openvino"),
                         help="the service's image tower engine (the ceiling is measured for each)")
     parser.add_argument("--requests", type=int, default=128)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+",
+                        help="default: 1 8 32 on CPU, 1 8 32 128 on a GPU")
     parser.add_argument("--per-request", type=int, default=16,
                         help="images per request for the multi-image load (0: skip it)")
     parser.add_argument("--batch-concurrency", type=int, nargs="+", default=[2, 4],
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or ([1, 8, 32, 128] if args.device.startswith("cuda") else [1, 8, 32])
     if args.per_request > 32:
         parser.error("--per-request: the service takes at most 32 images a request by default")
 
@@ -221,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz")
         report["service"] = load_grid(f"http://127.0.0.1:{port}/v1/classify", images,
-                                      args.concurrency, args.requests, {"classifiers": "nudity"})
+                                      args.concurrency, args.requests, {"classifiers": "nudity"},
+                                      gpu=args.device.startswith("cuda"))
         if args.per_request:
             k = args.per_request
             for c in args.batch_concurrency:  # 1024x768 only: the issue's multi-image target

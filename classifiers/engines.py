@@ -1,10 +1,13 @@
 """Engines for the image tower: torch (TorchScript, the default) or OpenVINO on CPU.
 
 ``engine: auto`` picks by measuring: where OpenVINO is installed, the device is a CPU and the
-tower has a fixed input shape, both engines run the same batch on the lane's threads and
-OpenVINO is used only if it was at least ``AUTO_MARGIN`` faster; the choice and both timings
-are logged. Measured on a 2-vCPU Xeon with AMX, random ViT-B/32, batch 16 on one thread:
-OpenVINO bf16 72.8 img/s against torch's traced bf16 66.2 (cosine to float32 0.99996 both).
+tower has a fixed input shape, both engines run batches on every forward lane at once (as the
+replica will run them, ``deployments.forward``) and OpenVINO is used only if it was at least
+``AUTO_MARGIN`` faster; the choice and both figures are logged. Measured on a 2-vCPU Xeon with
+AMX, random ViT-B/32, bf16 (cosine to float32 0.99995 both): OpenVINO was faster alone (batch
+16 on one thread: 72.8 against 66.2 img/s; batch-1 latency on two threads 19.6 against 26.9
+ms) but slower with two one-thread lanes at once (95 against 120 img/s), so ``auto`` keeps
+torch there.
 
 OpenVINO runs the precision the encoder's dtype names (``bfloat16`` -> bf16, ``float32`` ->
 f32); int8 is not offered: quantising needs calibration images, and its accuracy must be
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
+import warnings
 from typing import Any
 
 from classifiers.errors import ModelLoadError
@@ -47,6 +50,9 @@ class OpenVinoTower:
         compiled = ov.Core().compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
+            # Pinned, two lanes' one-thread towers landed on the same core: 50-66 img/s at
+            # once against 106 for one two-thread tower (2-vCPU Xeon, ViT-B/32, batch 8-16).
+            "ENABLE_CPU_PINNING": False,
         })
         self._request = compiled.create_infer_request()
 
@@ -65,7 +71,9 @@ def convert_tower(eager_tower, image_size: int):
 
     tower = copy.deepcopy(eager_tower).float().eval()
     example = torch.zeros(1, 3, image_size, image_size)
-    return ov.convert_model(tower, example_input=example, input=[(-1, 3, image_size, image_size)])
+    with warnings.catch_warnings():  # the tracer's notes on shape checks: not actionable here
+        warnings.simplefilter("ignore")
+        return ov.convert_model(tower, example_input=example, input=[(-1, 3, image_size, image_size)])
 
 
 def precision_of(dtype) -> str:
@@ -89,15 +97,3 @@ def choose(requested: str, device: str, fixed_shape: bool) -> tuple[str, str]:
             raise ModelLoadError(f"engine openvino: {problem}")
         return "torch", problem
     return "openvino", "asked for" if requested == "openvino" else "to be measured"
-
-
-def images_per_s(tower, batch, repeats: int = 3) -> float:
-    """Images a second of ``tower`` on ``batch`` (after one warm-up run)."""
-    import torch
-
-    with torch.inference_mode():
-        tower(batch)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            tower(batch)
-    return repeats * len(batch) / (time.perf_counter() - start)

@@ -96,7 +96,7 @@ class ClipEncoder:
         std = torch.tensor(image_spec.std, device=device) / image_spec.rescale
         self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self._eager_tower = self._image_tower = _image_tower(model)
-        self.engine = "torch"  # or "openvino": see use_engine
+        self.engine = "torch"  # or "openvino": see use_openvino
         self._openvino_model = None
 
     @property
@@ -150,36 +150,25 @@ class ClipEncoder:
             return None
         return traced
 
-    def use_engine(self, requested: str, threads: int) -> tuple[str, str]:
-        """Run the image tower on ``requested`` (``auto``, ``torch``, ``openvino``; see
-        ``classifiers.engines``) with ``threads`` threads; returns the engine and why. Call it
-        on the thread that will run the default tower."""
-        import torch
-
+    def use_openvino(self, threads: int) -> None:
+        """Run the default image tower on OpenVINO with ``threads`` threads (see
+        ``classifiers.engines``); call it on the thread that will run the default tower.
+        Raises ``ModelLoadError`` when the tower cannot be converted or compiled."""
         from classifiers import engines
 
-        engine, why = engines.choose(requested, self.device, self.image_spec.fixed_shape)
-        if engine == "torch":
-            return "torch", why
-        size = self.image_spec.size
         try:
-            converted = engines.convert_tower(self._eager_tower, size)
+            converted = engines.convert_tower(self._eager_tower, self.image_spec.size)
             tower = engines.OpenVinoTower(converted, engines.precision_of(self.dtype), threads)
-        except Exception as exc:  # noqa: BLE001 - torch is always a correct fallback for auto
-            if requested == "openvino":
-                raise ModelLoadError(f"engine openvino could not compile the image tower of "
-                                     f"{self.name!r}: {type(exc).__name__}: {exc}") from None
-            return "torch", f"OpenVINO could not compile the tower ({type(exc).__name__}: {exc})"
-        if requested == "auto":
-            batch = torch.zeros(8, 3, size, size, dtype=self.dtype, device=self.device)
-            openvino_rate = engines.images_per_s(tower, batch)
-            torch_rate = engines.images_per_s(self._image_tower, batch)
-            why = (f"measured on {threads} thread(s), batch 8: OpenVINO {openvino_rate:.1f} img/s, "
-                   f"torch {torch_rate:.1f} img/s")
-            if openvino_rate < engines.AUTO_MARGIN * torch_rate:
-                return "torch", why
+        except Exception as exc:  # noqa: BLE001 - one clear line for the operator
+            raise ModelLoadError(f"engine openvino could not compile the image tower of {self.name!r}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        self._torch_tower = self._image_tower
         self.engine, self._openvino_model, self._image_tower = "openvino", converted, tower
-        return "openvino", why
+
+    def use_torch(self) -> None:
+        """Back to the torch tower this encoder had before ``use_openvino``."""
+        if self.engine == "openvino":
+            self.engine, self._openvino_model, self._image_tower = "torch", None, self._torch_tower
 
     def lane_tower(self, threads: int):
         """A tower of its own for a forward lane with ``threads`` threads, in this encoder's

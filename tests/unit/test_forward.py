@@ -25,9 +25,6 @@ class RecordingEncoder:
         self.hold = threading.Event()
         self.hold.set()
 
-    def use_engine(self, requested: str, threads: int) -> tuple[str, str]:
-        return "torch", "a recording encoder"
-
     def lane_tower(self, threads: int) -> str:
         return f"tower of {threading.current_thread().name}"
 
