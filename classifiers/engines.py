@@ -97,3 +97,11 @@ def choose(requested: str, device: str, fixed_shape: bool) -> tuple[str, str]:
             raise ModelLoadError(f"engine openvino: {problem}")
         return "torch", problem
     return "openvino", "asked for" if requested == "openvino" else "to be measured"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: OpenVINO's errors stack "Exception from src/..." lines with
+    the useful text last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check "))]
+    return f"{type(exc).__name__}: {(useful or lines or [''])[-1]}"[:300]

@@ -161,7 +161,7 @@ class ClipEncoder:
             tower = engines.OpenVinoTower(converted, engines.precision_of(self.dtype), threads)
         except Exception as exc:  # noqa: BLE001 - one clear line for the operator
             raise ModelLoadError(f"engine openvino could not compile the image tower of {self.name!r}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+                                 f"{engines.one_line(exc)}") from None
         self._torch_tower = self._image_tower
         self.engine, self._openvino_model, self._image_tower = "openvino", converted, tower
 

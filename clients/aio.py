@@ -11,7 +11,7 @@ from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStat
 from clients.core import (
     BATCH_PATH, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
     RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
-    in_order, load_images, parse_batch_response, parse_response,
+    in_order, load_images, parse_batch_response, parse_response, worth_one_by_one,
 )
 from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
@@ -154,8 +154,10 @@ class AsyncModerationClient:
                 except BatchRouteMissing:
                     self._batch_route = False
                     return await singles(indices)
-                except ModerationAPIError:  # the batch as a whole was refused: its images alone
-                    return await singles(indices)
+                except ModerationAPIError as exc:  # the batch as a whole was refused
+                    if worth_one_by_one(exc):
+                        return await singles(indices)
+                    return [ManyResult(i, images[i], error=exc) for i in indices]
                 except Exception as exc:  # noqa: BLE001 - e.g. the service is gone
                     return [ManyResult(i, images[i], error=exc) for i in indices]
                 results, again = chunk_results(indices, images, answers)

@@ -93,6 +93,15 @@ SINGLES_AT_ONCE = 8  # requests in flight when a chunk's images go one by one
 RETRY_ITEM_CODES = frozenset({"overloaded", "model_unavailable"})  # an item worth sending again alone
 
 
+def worth_one_by_one(error: ModerationAPIError) -> bool:
+    """Whether images a server refused as a batch may pass alone: a body or image count over
+    its limits, or overload. An error about the options or the caller (unknown classifier,
+    bad key, rate limit) would only repeat, once per image."""
+    if error.status in (413, 503):
+        return True
+    return error.status == 400 and ("images in one request" in error.message or "Too many files" in error.message)
+
+
 class BatchRouteMissing(Exception):
     """The server has no ``/v1/classify/batch`` (an older version): send images one by one."""
 

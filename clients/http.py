@@ -12,7 +12,7 @@ from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStat
 from clients.core import (
     BATCH_PATH, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
     RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
-    in_order, load_images, parse_batch_response, parse_response,
+    in_order, load_images, parse_batch_response, parse_response, worth_one_by_one,
 )
 from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
@@ -130,8 +130,10 @@ class ModerationClient:
             except BatchRouteMissing:
                 self._batch_route = False
                 return singles(indices)
-            except ModerationAPIError:  # the batch as a whole was refused: its images alone
-                return singles(indices)
+            except ModerationAPIError as exc:  # the batch as a whole was refused
+                if worth_one_by_one(exc):
+                    return singles(indices)
+                return [ManyResult(i, images[i], error=exc) for i in indices]
             except Exception as exc:  # noqa: BLE001 - e.g. the service is gone: each image says so
                 return [ManyResult(i, images[i], error=exc) for i in indices]
             results, again = chunk_results(indices, images, answers)

@@ -89,7 +89,7 @@ class ModelSettings(_Strict):
     )
     forward_lanes: int | None = Field(
         None, ge=1, le=MAX_LANES, description="Forward passes run at once per replica, each with its "
-        "share of the torch threads and its own traced image tower; a lone image still gets all "
+        "share of the torch threads and its own image tower (traced, or compiled by OpenVINO); a lone image still gets all "
         "threads. Default: 2 on CPU with 2+ threads (more images/s on a busy machine), 1 on GPU.",
     )
     engine: str = Field(

@@ -85,3 +85,56 @@ def test_engine_choice_without_measuring():
     with pytest.raises(ModelLoadError, match="engine openvino"):
         engines.choose("openvino", "cuda:0", True)
     assert engines.precision_of(torch.bfloat16) == "bf16" and engines.precision_of(torch.float32) == "f32"
+
+
+def _lanes(tiny_clip_dir, engine):
+    return ForwardLanes(partial(load_clip, tiny_clip_dir, "cpu", "float32"), threads=2, lanes=2, engine=engine)
+
+
+def _on_torch(forward) -> bool:
+    return (forward.encoder.engine == "torch"
+            and not isinstance(forward.encoder._image_tower, engines.OpenVinoTower)
+            and not any(isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes))
+
+
+@needs_openvino
+@pytest.mark.parametrize("rates, chosen", [([100.0, 50.0, 100.0, 60.0], "torch"),
+                                           ([100.0, 120.0, 90.0, 110.0], "openvino")])
+def test_auto_keeps_the_faster_engine_whole(tiny_clip_dir, monkeypatch, rates, chosen):
+    order = iter(rates)  # torch, OpenVINO, torch again, OpenVINO again
+    monkeypatch.setattr(ForwardLanes, "_rate", lambda self, *args, **kwargs: next(order))
+    threads = torch.get_num_threads()
+    forward = _lanes(tiny_clip_dir, "auto")
+    try:
+        assert forward.engine == chosen and f"OpenVINO {max(rates[1::2]):.1f}" in forward.engine_reason
+        if chosen == "torch":
+            assert _on_torch(forward)
+        else:
+            assert all(isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes)
+            assert forward.encoder.info()["engine"] == "openvino"
+    finally:
+        forward.shutdown()
+        torch.set_num_threads(threads)
+
+
+@needs_openvino
+def test_a_failing_openvino_lane_leaves_torch_whole_or_one_clear_line(tiny_clip_dir, monkeypatch):
+    from classifiers.model import ClipEncoder
+
+    def broken(self, threads):
+        if self.engine == "openvino":
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:1\nCheck 'x' failed\nno room")
+        return self.traced_tower()
+
+    monkeypatch.setattr(ClipEncoder, "lane_tower", broken)
+    threads = torch.get_num_threads()
+    try:
+        forward = _lanes(tiny_clip_dir, "auto")
+        assert forward.engine == "torch" and forward.engine_reason == "OpenVINO failed: RuntimeError: no room"
+        assert _on_torch(forward)
+        assert asyncio.run(forward.encode(photos(forward.encoder.image_spec, 3))).shape[0] == 3
+        forward.shutdown()
+        with pytest.raises(ModelLoadError, match=r"^engine openvino: RuntimeError: no room$"):
+            _lanes(tiny_clip_dir, "openvino")
+    finally:
+        torch.set_num_threads(threads)
