@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         check_model_available(model)
         if app_args.calibration:
             load_calibration(app_args.calibration, set(BUILTIN_CLASSIFIERS))
+        if app_args.engine == "openvino":  # before every replica fails on it after its load
+            from classifiers.engines import choose
+            from classifiers.model import resolve_device
+
+            choose("openvino", resolve_device(app_args.device), fixed_shape=True)
     except ModelLoadError as exc:
         print(f"moderation-serve: {exc}", file=sys.stderr)
         return 1

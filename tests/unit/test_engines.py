@@ -138,3 +138,20 @@ def test_a_failing_openvino_lane_leaves_torch_whole_or_one_clear_line(tiny_clip_
             _lanes(tiny_clip_dir, "openvino")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_launcher_refuses_openvino_on_a_gpu_in_one_line(tiny_clip_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "serve_config.yaml"
+    config.write_text("applications:\n  - name: m\n    import_path: deployments.app:build_app\n"
+                      f"    args: {{model: {tiny_clip_dir}, engine: openvino, device: cuda}}\n")
+    result = subprocess.run([sys.executable, "-m", "deployments.launch", str(config), "--check-only"],
+                            capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2], env=dict(os.environ))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "engine openvino" in lines[0] and ("CPU only" in lines[0] or "not installed" in lines[0])
