@@ -59,13 +59,13 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return out
 
 
-def deploy(model: str, port: int, threads: int) -> None:
+def deploy(model: str, port: int, threads: int, overrides: dict | None = None) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     app = {
         "name": "moderation", "route_prefix": "/", "import_path": "deployments.app:build_app",
-        "args": {"model": model, "torch_threads": threads},
+        "args": {"model": model, "torch_threads": threads, **(overrides or {})},
         "deployments": [{"name": "ClipModel", "num_replicas": 1,
                          "ray_actor_options": {"num_cpus": threads}}],
     }
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--arg", action="append", default=[], metavar="KEY=YAML",
+                        help="override one of the app's args (repeatable), e.g. batch_wait_timeout_s=0.02")
     parser.add_argument("--per-request", type=int, default=1,
                         help="images per request (> 1: POST /v1/classify/batch; --requests counts images)")
     args = parser.parse_args(argv)
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            deploy(args.model, port, threads)
+            import yaml
+
+            deploy(args.model, port, threads, {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.arg)})
             width, height = (int(v) for v in args.size.split("x"))
             url = f"http://127.0.0.1:{port}/v1/classify" + ("/batch" if k > 1 else "")
             images = [jpeg(width, height, seed=1)]
