@@ -15,12 +15,12 @@ from ray.serve.handle import DeploymentHandle
 from classifiers.errors import ModerationError
 from classifiers.results import Classification
 from classifiers.schemas import (
-    ClassifiersResponse, ClassifyBatchJsonRequest, ClassifyBatchResponse, ClassifyJsonRequest,
-    ClassifyResponse, HeadsStatus, HealthResponse,
+    ClassifiersResponse, ClassifyBatchResponse, ClassifyResponse, HeadsStatus, HealthResponse,
 )
 from deployments.admission import Admission, AdmissionGate
 from deployments.auth import ApiKeyGate, Gatekeeper
 from deployments.metrics import IngressMetrics, buffer_handle_counter
+from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
@@ -28,59 +28,6 @@ from deployments.responses import (
 from deployments.settings import IngressSettings
 
 STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
-MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["file"],
-    "properties": {
-        "file": {"type": "string", "format": "binary"},
-        "classifiers": {"type": "array", "items": {"type": "string"}},
-        "labels": {"type": "array", "items": {"type": "string"}},
-        "unsafe_labels": {"type": "array", "items": {"type": "string"}},
-        "threshold": {"type": "number"},
-    },
-}
-def _inlined(schema: dict) -> dict:
-    """A JSON schema with its ``$defs`` written in place: OpenAPI resolves ``#/$defs/...``
-    against the document's root, where they are not."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node):
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        return node
-
-    return walk(schema)
-
-
-BATCH_MULTIPART_SCHEMA = {
-    **MULTIPART_SCHEMA,
-    "properties": {**MULTIPART_SCHEMA["properties"],
-                   "file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-}
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": BATCH_MULTIPART_SCHEMA},
-            "application/json": {"schema": _inlined(ClassifyBatchJsonRequest.model_json_schema())},
-        },
-    }
-}
-CLASSIFY_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": MULTIPART_SCHEMA},
-            "application/json": {"schema": ClassifyJsonRequest.model_json_schema()},
-        },
-    }
-}
-
 app = FastAPI(
     title="CLIP image moderation",
     version="0.1.0",
