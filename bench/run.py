@@ -199,11 +199,18 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": vars(args) | {"model": model}}
 
     from classifiers.engines import openvino_available
+    from classifiers.errors import ModelLoadError
 
     engines = ["torch"] + (["openvino"] if openvino_available() and args.device == "cpu" else [])
     ceiling = partial(model_ceiling, model, args.device, args.dtype, args.batch, args.threads, args.lanes)
     print("model ceiling ...", file=sys.stderr)
-    first = {engine: ceiling(engine) for engine in engines}
+    first = {"torch": ceiling("torch")}
+    for engine in engines[1:]:  # an engine that cannot run this checkpoint is left out, not fatal
+        try:
+            first[engine] = ceiling(engine)
+        except ModelLoadError as exc:
+            print(f"  {engine} left out: {exc}", file=sys.stderr)
+    engines = list(first)
     print(f"  {first}", file=sys.stderr)
 
     if not args.skip_naive:
