@@ -1,0 +1,1 @@
+"""Known images: image hashes, hash banks (database), the in-memory match index."""
