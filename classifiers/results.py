@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from classifiers.labels import Kind
+
+if TYPE_CHECKING:
+    from banks.hashes import ImageHashes
+    from banks.index import Match
+
+# Bank actions by precedence: one `block` match outweighs any `allow`; `review` outweighs `allow`.
+ACTIONS = ("block", "review", "allow")
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,9 @@ class Classification:
     """Every requested classifier's result for one image, with the model and its timings.
 
     ``model`` is the checkpoint as configured (hub id or directory); ``model_family`` its
-    family (``clip``, ``siglip``, ``siglip2``)."""
+    family (``clip``, ``siglip``, ``siglip2``). ``hashes`` are the image's SHA-256 and PDQ,
+    ``matches`` the hash-bank entries it matched, ``cached`` whether its embedding came from
+    the result cache (no decode, no forward pass)."""
 
     model: str
     results: tuple[ClassifierResult, ...]
@@ -39,9 +49,23 @@ class Classification:
     inference_ms: float
     batch_size: int = 1
     model_family: str = "clip"
+    hashes: ImageHashes | None = None
+    matches: tuple[Match, ...] = ()
+    cached: bool = False
+
+    @property
+    def action(self) -> str | None:
+        """The strongest action among the matched banks (``block`` > ``review`` > ``allow``)."""
+        found = {match.action for match in self.matches}
+        return next((action for action in ACTIONS if action in found), None)
 
     @property
     def flagged(self) -> bool:
+        """A ``block`` match flags whatever the scores; an ``allow`` match (and no stronger
+        one) clears; otherwise any classifier that flagged."""
+        action = self.action
+        if action in ("block", "allow"):
+            return action == "block"
         return any(r.flagged for r in self.results)
 
     def __getitem__(self, name: str) -> ClassifierResult:

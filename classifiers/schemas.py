@@ -103,7 +103,33 @@ class Timing(BaseModel):
     total_ms: float
     decode_ms: float
     inference_ms: float = Field(description="Waiting for a batch and the forward pass.")
-    batch_size: int = Field(1, description="How many images shared this image's forward pass.")
+    batch_size: int = Field(1, description="How many images shared this image's forward pass (0: cached, none ran).")
+
+
+class ImageHashes(BaseModel):
+    """The image's hashes: what hash banks match, and what to add to one."""
+
+    sha256: str = Field(description="SHA-256 of the bytes as received (hex).")
+    pdq: str | None = Field(None, description="PDQ perceptual hash of the first frame, upright (256 bits, hex).")
+    pdq_quality: int | None = Field(None, description="PDQ's quality, 0-100; below `min_pdq_quality` "
+                                    "(default 50) the image is matched by SHA-256 only.")
+
+
+class BankMatch(BaseModel):
+    """A hash-bank entry the image matched."""
+
+    bank: str
+    action: Literal["block", "review", "allow"]
+    kind: Literal["pdq", "sha256"]
+    distance: int = Field(description="Differing bits (PDQ, of 256); 0 for SHA-256.")
+    entry_id: str | None = Field(None, description="The entry's own id, as it was added.")
+
+
+_DECISION = (
+    "True if any classifier flagged the image, unless it matched a hash bank: a `block` match "
+    "flags it whatever the scores, an `allow` match (and nothing stronger) clears it."
+)
+_ACTION = "The strongest action among the matched banks: `block` > `review` > `allow`; none without a match."
 
 
 class ClassifyResponse(BaseModel):
@@ -112,8 +138,13 @@ class ClassifyResponse(BaseModel):
     request_id: str
     model: str = Field(description="The checkpoint that served: a hub id or a local directory.")
     model_family: str = Field("clip", description="Its family: `clip`, `siglip` or `siglip2`.")
-    flagged: bool = Field(description="True if any classifier flagged the image.")
+    flagged: bool = Field(description=_DECISION)
+    action: Literal["block", "review", "allow"] | None = Field(None, description=_ACTION)
     results: dict[str, ClassifierResult]
+    matches: list[BankMatch] = Field(default_factory=list, description="Hash-bank entries matched, nearest first.")
+    hashes: ImageHashes | None = None
+    cached: bool = Field(False, description="Scored from the embedding of the same bytes seen recently "
+                         "(no decode, no forward pass); scores, thresholds and banks are today's.")
     timing: Timing
 
     @classmethod
@@ -126,10 +157,14 @@ class ClassifyResponse(BaseModel):
             model=result.model,
             model_family=result.model_family,
             flagged=result.flagged,
+            action=result.action,
             results={
                 r.name: ClassifierResult.model_validate(r, from_attributes=True)
                 for r in result.results
             },
+            matches=[BankMatch.model_validate(m, from_attributes=True) for m in result.matches],
+            hashes=ImageHashes.model_validate(result.hashes, from_attributes=True) if result.hashes else None,
+            cached=result.cached,
             timing=Timing(
                 total_ms=round(total_ms, 2), decode_ms=result.decode_ms,
                 inference_ms=result.inference_ms, batch_size=result.batch_size,
@@ -152,7 +187,11 @@ class BatchItem(BaseModel):
     index: int
     id: str | None = Field(None, description="The image's `id` (JSON) or file name (multipart).")
     flagged: bool | None = None
+    action: Literal["block", "review", "allow"] | None = None
     results: dict[str, ClassifierResult] | None = None
+    matches: list[BankMatch] | None = None
+    hashes: ImageHashes | None = None
+    cached: bool | None = None
     timing: Timing | None = None
     error: ItemError | None = None
 
@@ -179,8 +218,9 @@ class ClassifyBatchResponse(BaseModel):
                 # an item's total: its time in the model replica (decode, wait, forward pass)
                 one = ClassifyResponse.from_classification(outcome, request_id,
                                                            outcome.decode_ms + outcome.inference_ms)
-                items.append(BatchItem(index=index, id=item_id, flagged=one.flagged, results=one.results,
-                                       timing=one.timing))
+                items.append(BatchItem(index=index, id=item_id, flagged=one.flagged, action=one.action,
+                                       results=one.results, matches=one.matches, hashes=one.hashes,
+                                       cached=one.cached, timing=one.timing))
                 served = served or outcome
             else:
                 items.append(BatchItem(index=index, id=item_id, error=ItemError(

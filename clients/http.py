@@ -14,6 +14,7 @@ from clients.core import (
     RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
     in_order, load_images, parse_batch_response, parse_response, worth_one_by_one,
 )
+from clients.banks import Banks
 from clients.errors import ModerationAPIError, ModerationConnectionError
 from clients.results import ManyResult
 
@@ -36,6 +37,7 @@ class ModerationClient:
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
         self.retry = retry
         self._batch_route = True  # until the server shows it has no /v1/classify/batch
+        self.banks = Banks(self._send, self._http)  # hash banks: client.banks.create(...), .add(...)
 
     def __enter__(self) -> "ModerationClient":
         return self

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from PIL import Image
 from ray import serve
 
+from banks.hashes import PDQ_MAX_SIDE
 from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
 from classifiers.fingerprint import fingerprint
@@ -26,10 +28,19 @@ from classifiers.scoring import score
 from classifiers.trained import HeadSet
 from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, worker_thread
 from deployments.head_registry import HeadRegistry
+from deployments.known_images import KnownImages, PdqOfFirstFrame, Seen, content_sha256
 from deployments.metrics import ModelMetrics
 from deployments.settings import ModelSettings, RuntimeConfig
 
 logger = logging.getLogger("ray.serve")
+INLINE_SHA256_BYTES = 1 << 20  # larger inputs are hashed off the event loop
+
+
+async def _sha256(image: bytes | np.ndarray) -> str:
+    size = image.nbytes if isinstance(image, np.ndarray) else len(image)
+    if size <= INLINE_SHA256_BYTES:  # ~0.5 ms: less than a thread hop under load
+        return content_sha256(image)
+    return await asyncio.to_thread(content_sha256, image)  # hashlib releases the GIL
 
 
 def _torch_threads(requested: int | None) -> int:
@@ -93,6 +104,7 @@ class ClipModel:
         probes = self.forward.run_sync(fingerprint, self.encoder)
         self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
                                     frozenset(BUILTIN_CLASSIFIERS), settings.heads_poll_s)
+        self.known = KnownImages(settings.known_images)
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self._building: dict[tuple[str, ...], asyncio.Future] = {}  # custom heads being encoded
         self.metrics = ModelMetrics()
@@ -197,13 +209,24 @@ class ClipModel:
         names, heads, trained = plan.names, plan.heads, plan.trained
         start = time.perf_counter()
         try:
-            frames = await self._decode(image)
-            decoded = time.perf_counter()
-            # The wait limit counts from here: the decode pool's queue is bounded by what the
-            # ingress admits, and a large multi-image request must not shed its own tail.
-            give_up_at = decoded + wait_limit_s if wait_limit_s else float("inf")
-            self.metrics.decode_ms.observe((decoded - start) * 1000)
-            embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
+            sha256 = await _sha256(image)
+            seen = self.known.recall(sha256)
+            if seen is not None:  # seen recently: its embedding is scored with today's heads
+                self.metrics.cache_hits.inc()
+                embedding, hashes, matches, batch = seen.embedding, seen.hashes, self.known.match(seen.hashes), 0
+                decoded = done = time.perf_counter()
+            else:
+                frames, hashes, matches = await self._decode(image, sha256)
+                decoded = time.perf_counter()
+                # The wait limit counts from here: the decode pool's queue is bounded by what the
+                # ingress admits, and a large multi-image request must not shed its own tail.
+                give_up_at = decoded + wait_limit_s if wait_limit_s else float("inf")
+                self.metrics.decode_ms.observe((decoded - start) * 1000)
+                embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
+                embedding = np.stack([e for e, _ in embedded])
+                batch = max(size for _, size in embedded)
+                self.known.remember(sha256, Seen(embedding, hashes))
+                done = time.perf_counter()
         except asyncio.CancelledError:
             # The caller went away (Serve cancels a request whose HTTP client disconnected, and
             # the ingress's call on its timeout): a decode not yet started is skipped, a frame
@@ -211,8 +234,6 @@ class ClipModel:
             # leaves cancelled requests out of the batch it forms).
             self.metrics.abandoned.inc()
             raise
-        embedding = np.stack([e for e, _ in embedded])
-        done = time.perf_counter()
         thresholds = self.runtime.thresholds
         results = {head.label_set.name: score(head, embedding, self.encoder.logits,
                                               thresholds.get(head.label_set.name),
@@ -225,18 +246,28 @@ class ClipModel:
             results=tuple(results[name] for name in (*names, *([CUSTOM_NAME] if plan.custom else []))),
             decode_ms=round((decoded - start) * 1000, 2),
             inference_ms=round((done - decoded) * 1000, 2),
-            batch_size=max(size for _, size in embedded),
+            batch_size=batch,
+            hashes=hashes,
+            matches=matches,
+            cached=seen is not None,
         )
 
-    async def _decode(self, image: bytes | np.ndarray) -> list[np.ndarray]:
+    async def _decode(self, image: bytes | np.ndarray, sha256: str):
+        """Frames for the model, the image's hashes and its bank matches (all on a decode thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._decode_sync, image, sha256)
+
+    def _decode_sync(self, image: bytes | np.ndarray, sha256: str):
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
-        loop = asyncio.get_running_loop()
+        pdq = PdqOfFirstFrame() if self.settings.known_images.pdq else None
         if isinstance(image, np.ndarray):
-            return await loop.run_in_executor(self._decode_pool, prepare_array, image, spec, max_pixels)
-        return await loop.run_in_executor(
-            self._decode_pool, decode_frames, image, spec, max_pixels,
-            self.settings.jpeg_draft, self.settings.max_frames,
-        )
+            frames = prepare_array(image, spec, max_pixels)
+            if pdq is not None:
+                pdq(Image.fromarray(image))
+        else:
+            frames = decode_frames(image, spec, max_pixels, self.settings.jpeg_draft, self.settings.max_frames,
+                                   pdq, PDQ_MAX_SIDE if pdq is not None else 0)
+        hashes = self.known.hashes(sha256, pdq.pdq if pdq is not None else None)
+        return frames, hashes, self.known.match(hashes)
 
     # reconfigure() sets the size and the wait; a batch per forward lane runs at once.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_LANES)
@@ -312,4 +343,5 @@ class ClipModel:
             "replica": serve.get_replica_context().replica_id.unique_id,
             "custom_heads_cached": len(self.custom_heads),
             "heads_version": self.trained.current.version,
+            "banks": self.known.status(),
         }

@@ -19,6 +19,7 @@ from classifiers.schemas import (
 )
 from deployments.admission import Admission, AdmissionGate
 from deployments.auth import ApiKeyGate, Gatekeeper
+from deployments.bank_routes import router as bank_router
 from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
@@ -39,6 +40,7 @@ app.add_middleware(BodySizeLimit)
 app.add_middleware(AdmissionGate)  # after the key check: a caller without a key is not counted
 app.add_middleware(ApiKeyGate)  # added last: runs first
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+app.include_router(bank_router)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
@@ -52,9 +54,13 @@ class Ingress:
             buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
-        app.state.body_limits = {"/v1/classify/batch": settings.max_request_bytes}
+        app.state.body_limits = {"/v1/classify/batch": settings.max_request_bytes,
+                                 "/v1/banks/*/import": settings.known_images.max_import_bytes}
         app.state.metrics = self.metrics
         app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
+        from banks.store import BankStore
+
+        app.state.banks = BankStore(settings.known_images.banks_url)  # /v1/banks writes here
         self.admission = app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
 
     async def _call(self, response, timeout_s: float | None = None):

@@ -131,6 +131,10 @@ class ModelMetrics:
         self.images = Counter(
             "moderation_model_images", description="Images (frames) that went through a forward pass.",
         )
+        self.cache_hits = Counter(
+            "moderation_model_cache_hits", description="Images answered from the result cache "
+            "(seen recently: no decode, no forward pass).",
+        )
         self.abandoned = Counter(
             "moderation_model_abandoned", description="Requests whose caller went away (the "
             "client disconnected, or the ingress gave up) before their answer: those still "

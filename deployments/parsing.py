@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -88,6 +89,17 @@ def body_limit(max_image_bytes: int) -> int:
     return max_image_bytes * 4 // 3 + MULTIPART_OVERHEAD
 
 
+def route_limit(limits: dict[str, int], path: str, default: int | None) -> int | None:
+    """The body limit of ``path``: an exact key of ``limits``, else a pattern key (``*`` is one
+    path segment, e.g. ``/v1/banks/*/import``), else ``default``."""
+    if path in limits:
+        return limits[path]
+    for pattern, limit in limits.items():
+        if "*" in pattern and re.fullmatch(re.escape(pattern).replace(r"\*", "[^/]+"), path):
+            return limit
+    return default
+
+
 class BodySizeLimit:
     """ASGI middleware: stop reading a body past ``app.state.max_body_bytes`` (413; a route in
     ``app.state.body_limits`` has its own), also for chunked uploads that declare no
@@ -100,7 +112,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope["app"].state
-        limit = getattr(state, "body_limits", {}).get(route_path(scope), getattr(state, "max_body_bytes", None))
+        limit = route_limit(getattr(state, "body_limits", {}), route_path(scope), getattr(state, "max_body_bytes", None))
         seen = 0
 
         async def limited_receive():

@@ -16,6 +16,7 @@ from deployments.forward import MAX_LANES
 
 ENV_OVERRIDES = {"MODERATION_MODEL": "model", "MODERATION_DEVICE": "device",
                  "MODERATION_HEADS_DIR": "heads_dir"}
+BANKS_URL_ENV = "MODERATION_BANKS_URL"  # overrides known_images.banks_url
 
 
 class _Strict(BaseModel):
@@ -78,6 +79,45 @@ class RuntimeConfig(_Strict):
         return value
 
 
+class KnownImagesSettings(_Strict):
+    """Hash banks (lists of known images with an action) and the result cache."""
+
+    banks_url: str = Field(
+        "sqlite:///~/.local/share/clip-moderation/banks.db", description="Where the hash banks "
+        "live: `sqlite:///<path>` (one file on this machine: every replica must be able to open "
+        "it) or `postgresql://user:password@host:5432/db` for a multi-node cluster.",
+    )
+    poll_s: float = Field(
+        2.0, gt=0, le=3600, description="How often each model replica reads bank changes.",
+    )
+    pdq: bool = Field(
+        True, description="Make every image's PDQ hash (about 6 ms of CPU per 1024x768 image; "
+        "false: SHA-256 only, and PDQ bank entries match nothing).",
+    )
+    max_distance: int = Field(
+        31, ge=0, le=64, description="A PDQ hash within this many bits (of 256) of a bank entry matches.",
+    )
+    min_pdq_quality: int = Field(
+        50, ge=0, le=100, description="Images whose PDQ quality is below this (flat, featureless "
+        "images) are matched by SHA-256 only: their PDQ hashes match too much.",
+    )
+    cache_size: int = Field(
+        10_000, ge=0, description="Images whose embeddings each model replica keeps by SHA-256 "
+        "(about 2 KB each for ViT-B/32); a repeat is scored without a decode or forward pass. 0: off.",
+    )
+    cache_ttl_s: float = Field(600, gt=0, description="How long an image stays in the result cache.")
+    max_import_bytes: int = Field(
+        200_000_000, gt=0, description="Body limit of a bank import (a CSV/TSV of hashes).",
+    )
+
+    @field_validator("banks_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("banks_url must start with sqlite:/// or postgresql://")
+        return value
+
+
 class ModelSettings(_Strict):
     """How the ``ClipModel`` replicas load and run the checkpoint."""
 
@@ -123,6 +163,7 @@ class ModelSettings(_Strict):
         None, description="A calibration file from `moderation evaluate --calibrate` "
         "(per-classifier temperatures); every model replica must be able to read it.",
     )
+    known_images: KnownImagesSettings = KnownImagesSettings()
 
 
 class ApiKey(_Strict):
@@ -133,6 +174,7 @@ class ApiKey(_Strict):
     )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
     rate_limit: str | None = Field(None, description="This key's limit, overriding the default.")
+    admin: bool = Field(False, description="May manage the hash banks (`/v1/banks`).")
 
 
 class AuthSettings(_Strict):
@@ -217,13 +259,14 @@ class IngressSettings(_Strict):
         "however slowly the models have been answering (see `queue_deadline_ms`).",
     )
     auth: AuthSettings = AuthSettings()
+    known_images: KnownImagesSettings = KnownImagesSettings()
 
 
 class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
     """Everything ``args:`` in serve_config.yaml may set, flat; each deployment gets its slice.
 
-    Env MODERATION_MODEL, MODERATION_DEVICE and MODERATION_HEADS_DIR, when set, override
-    ``model``, ``device`` and ``heads_dir``
+    Env MODERATION_MODEL, MODERATION_DEVICE, MODERATION_HEADS_DIR and MODERATION_BANKS_URL,
+    when set, override ``model``, ``device``, ``heads_dir`` and ``known_images.banks_url``
     (read by the app builder, never at import time).
     """
 
@@ -231,7 +274,9 @@ class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
 
     def with_env(self, environ: Mapping[str, str]) -> "AppArgs":
         """These args with the ``ENV_OVERRIDES`` variables in ``environ`` laid over."""
-        overrides = {field: environ[var] for var, field in ENV_OVERRIDES.items() if environ.get(var)}
+        overrides: dict = {field: environ[var] for var, field in ENV_OVERRIDES.items() if environ.get(var)}
+        if environ.get(BANKS_URL_ENV):
+            overrides["known_images"] = {**self.known_images.model_dump(), "banks_url": environ[BANKS_URL_ENV]}
         return AppArgs.model_validate({**self.model_dump(), **overrides}) if overrides else self
 
     def _slice(self, cls: type[_Strict]) -> _Strict:

@@ -17,6 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, bool, str]] = {
     "classify": ("clients.cli", True, "classify images with a running service"),
     "heads": ("clients.cli", True, "list trained heads (a folder or a service) or make a service reload them"),
+    "banks": ("clients.banks_cli", False, "manage a service's hash banks (known images: block, review, allow)"),
     "evaluate": ("evaluation.cli", False, "measure a classifier's accuracy on a labelled image set"),
     "train": ("evaluation.train_cli", False, "train a classifier (a head file) from labelled images"),
 }

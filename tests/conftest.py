@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -17,6 +18,10 @@ def pytest_configure(config: pytest.Config) -> None:
     looping every 0.5 s): Ray reads it from the environment of the processes it starts, so it
     is set before any test starts Ray."""
     serve_env_defaults()
+    # Hash banks in a file of this run's own, never the user's (Ray's processes inherit it).
+    if not os.environ.get("MODERATION_BANKS_URL"):
+        banks_dir = tempfile.mkdtemp(prefix="moderation-test-banks-")
+        os.environ["MODERATION_BANKS_URL"] = f"sqlite:///{banks_dir}/banks.db"
     atexit.register(_exit_without_finalizing)  # registered first, so it runs last
 
 
