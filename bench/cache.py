@@ -1,6 +1,6 @@
 """The result cache: throughput on one repeated image with the cache on, then off.
 
-    python -m bench.cache [--size base|tiny] [--model DIR] [--concurrency 32] [--requests 1500]
+    python -m bench.cache [--size base|tiny] [--model DIR] [--concurrency 32] [--requests 1500] [--pdq-off]
 
 One model replica (`moderation-serve`, serve_config.yaml's settings), the same 1024x768 JPEG
 uploaded over and over to 127.0.0.1 by the load generator `bench.run` uses. The service is
@@ -23,17 +23,16 @@ from bench.run import free_port, stop, wait_until_up
 from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
 
 
-def measure(model: str, work: Path, cache_size: int | None, concurrency: int, requests: int) -> dict:
+def measure(model: str, work: Path, name: str, known_images: dict, concurrency: int, requests: int) -> dict:
     port = free_port()
-    config = work / f"serve_config-{cache_size}.yaml"
-    overrides = {} if cache_size is None else {"known_images": {"cache_size": cache_size}}
-    write_config(model, port, config, overrides)
+    config = work / f"serve_config-{name}.yaml"
+    write_config(model, port, config, {"known_images": known_images} if known_images else {})
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env.setdefault("MODERATION_BANKS_URL", f"sqlite:///{work}/banks.db")
-    haproxy = work / f"haproxy-{cache_size}"
+    haproxy = work / f"haproxy-{name}"
     haproxy.mkdir()
     env.setdefault(HAPROXY_CONFIG, str(haproxy / "haproxy.cfg"))
-    with open(work / f"service-{cache_size}.log", "wb") as log:
+    with open(work / f"service-{name}.log", "wb") as log:
         service = subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], cwd=ROOT, env=env,
                                    start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -53,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="checkpoint directory (default: a random one of --size)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--pdq-off", action="store_true", help="also run with the cache and PDQ hashing off")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     model = args.model
@@ -60,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         from classifiers.random_checkpoint import build_random_clip
 
         model = str(build_random_clip(work / f"clip-{args.size}", size=args.size))
-    on = measure(model, work, None, args.concurrency, args.requests)
-    off = measure(model, work, 0, args.concurrency, max(args.requests // 5, 2 * args.concurrency))
+    fewer = max(args.requests // 5, 2 * args.concurrency)
+    runs = {"cache on": measure(model, work, "on", {}, args.concurrency, args.requests),
+            "cache off": measure(model, work, "off", {"cache_size": 0}, args.concurrency, fewer)}
+    if args.pdq_off:
+        runs["cache off, no PDQ"] = measure(model, work, "nopdq", {"cache_size": 0, "pdq": False},
+                                            args.concurrency, fewer)
     print(f"| one repeated 1024x768 JPEG, c={args.concurrency} | img/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
-    for name, r in (("cache on", on), ("cache off", off)):
+    for name, r in runs.items():
         print(f"| {name} ({r['requests']} requests) | {r['images_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
-    print(f"cache on / off: {on['images_per_s'] / off['images_per_s']:.1f}x")
+    print(f"cache on / off: {runs['cache on']['images_per_s'] / runs['cache off']['images_per_s']:.1f}x")
     return 0
 
 
