@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 from classifiers.random_checkpoint import build_random_clip
+from pg import db_url, postgres_url  # noqa: F401  (fixtures: a bank database, a PostgreSQL server)
 from deployments.serve_env import serve_env_defaults
 
 

@@ -9,6 +9,7 @@ runs as the ``postgres`` user. Without the binaries the tests that ask for it ar
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -130,3 +131,21 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(reason)
     with running_postgres() as url:
         yield url
+
+
+_schemas = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty bank database: a SQLite file, or a new schema on the session's PostgreSQL
+    server (import ``postgres_url`` beside it)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'banks.db'}"
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    schema = f"test_{next(_schemas)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{base}?options=-csearch_path%3D{schema}"

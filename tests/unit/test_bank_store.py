@@ -4,7 +4,6 @@ concurrent writers (threads; processes on SQLite) and durability when a writer i
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import random
 import signal
@@ -15,32 +14,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from pg import postgres_url  # noqa: F401  (the fixture)
 
 from banks.store import ACTIONS, AddResult, BankStore, Changes, Entry, NewEntry, normalise_hash
 from classifiers.errors import ModerationError
 
 REPO = Path(__file__).resolve().parents[2]
-_schemas = itertools.count()
 
 
 def h(*parts: object) -> str:
     """A distinct 64-hex-character hash for each tuple of parts."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database: a SQLite file, or a new schema on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'banks.db'}"
-    import psycopg
-
-    base = request.getfixturevalue("postgres_url")
-    schema = f"test_{next(_schemas)}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{base}?options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture
