@@ -24,7 +24,7 @@ ID_COLUMNS = ("id", "entry_id", "content_id")
 NOTE_COLUMNS = ("note", "notes", "description")
 # Names a row (or the default) may give its kind in; ThreatExchange's indicator types included.
 KIND_NAMES = {"pdq": "pdq", "hash_pdq": "pdq", "sha256": "sha256", "sha-256": "sha256", "hash_sha256": "sha256"}
-EXPORT_HEADER = ("kind", "hash", "id", "note")
+EXPORT_HEADER = ("kind", "hash", "entry_id", "note")
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x1c\x1d\x1e\x85]+")  # what str.splitlines() splits on
@@ -114,7 +114,7 @@ def _entry(fields: list[str], columns: dict[str, int] | None, default: str, deli
 
 
 def export_hash_list(entries: Iterable[Entry], *, delimiter: str = "\t") -> Iterator[str]:
-    """A header ``kind<TAB>hash<TAB>id<TAB>note`` then a line per entry, each ending in ``\\n``; fields are quoted
+    """A header ``kind<TAB>hash<TAB>entry_id<TAB>note`` then a line per entry, each ending in ``\\n``; fields are quoted
     as in CSV where they need it, and line breaks inside an id or note become spaces (the list is line based).
     ``parse_hash_list`` reads it back."""
     if delimiter not in ("\t", ","):

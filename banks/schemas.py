@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 BANK_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 HEX64 = r"^[0-9a-fA-F]{64}$"
 MAX_ENTRIES_PER_CALL = 10_000
+MAX_PK = 2**63 - 1
+MAX_TEXT = 4096  # descriptions and notes (the store's limit)
+Pk = Annotated[int, Field(ge=0, le=MAX_PK)]
+EntryId = Annotated[str, Field(min_length=1, max_length=256)]
 Action = Literal["block", "review", "allow"]
 Kind = Literal["pdq", "sha256"]
 
@@ -21,12 +25,12 @@ class BankCreate(_Body):
     name: str = Field(pattern=BANK_NAME, examples=["removed-before"])
     action: Action = Field(description="What a match does: `block` flags the image whatever its scores, "
                            "`review` marks it for a person, `allow` clears it.")
-    description: str = Field("", max_length=1000)
+    description: str = Field("", max_length=MAX_TEXT)
 
 
 class BankUpdate(_Body):
     action: Action | None = None
-    description: str | None = Field(None, max_length=1000)
+    description: str | None = Field(None, max_length=MAX_TEXT)
 
 
 class Bank(BaseModel):
@@ -45,7 +49,7 @@ class EntryIn(_Body):
     kind: Kind = "pdq"
     hash: str = Field(pattern=HEX64, description="64 hex digits: a PDQ hash (256 bits) or a SHA-256.")
     entry_id: str | None = Field(None, max_length=256, description="Your id for it (e.g. a case number).")
-    note: str | None = Field(None, max_length=1000)
+    note: str | None = Field(None, max_length=MAX_TEXT)
 
 
 class EntriesAdd(_Body):
@@ -58,7 +62,7 @@ class Added(BaseModel):
 
 
 class Entry(BaseModel):
-    pk: int = Field(description="The bank's own number for the entry (ascending as added).")
+    pk: int = Field(description="The entry's number in the database (unique across banks, ascending as added).")
     kind: Kind
     hash: str
     entry_id: str | None = None
@@ -77,8 +81,8 @@ class HashKey(_Body):
 
 
 class EntriesRemove(_Body):
-    pks: list[int] = Field(default_factory=list, max_length=MAX_ENTRIES_PER_CALL)
-    entry_ids: list[str] = Field(default_factory=list, max_length=MAX_ENTRIES_PER_CALL)
+    pks: list[Pk] = Field(default_factory=list, max_length=MAX_ENTRIES_PER_CALL)
+    entry_ids: list[EntryId] = Field(default_factory=list, max_length=MAX_ENTRIES_PER_CALL)
     hashes: list[HashKey] = Field(default_factory=list, max_length=MAX_ENTRIES_PER_CALL)
 
 

@@ -169,6 +169,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+MAX_PK = 2**63 - 1  # BIGINT
+
+
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -183,6 +186,10 @@ def _check_text(value: Any, what: str, limit: int) -> None:
         raise ModerationError("invalid_request", f"{what} is longer than {limit} characters")
     if "\x00" in value:
         raise ModerationError("invalid_request", f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" gives
+        raise ModerationError("invalid_request", f"{what} is not valid Unicode text") from None
 
 
 def _check_action(action: Any) -> None:
@@ -203,7 +210,10 @@ def _engine_url(url: str) -> URL:
     parsed = make_url(url)
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
-        return parsed.set(drivername="sqlite+pysqlite")
+        database = parsed.database
+        if database and database != ":memory:":
+            database = os.path.expanduser(database)  # sqlite:///~/banks.db: the home directory, not ./~
+        return parsed.set(drivername="sqlite+pysqlite", database=database)
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
     raise ValueError(f"unsupported bank database URL scheme {parsed.drivername!r}: use sqlite:/// or postgresql://")
@@ -379,10 +389,11 @@ class BankStore:
             self._require_bank(conn, bank)
             keys = list(unique)
             held: set[tuple[str, str]] = set()
-            for chunk in _chunks(sorted({value for _, value in keys})):
-                held.update((kind, value) for kind, value in conn.execute(
-                    select(entries_table.c.kind, entries_table.c.hash).where(entries_table.c.bank == bank,
-                                                                          entries_table.c.hash.in_(chunk))))
+            for kind in sorted({kind for kind, _ in keys}):  # (bank, kind, hash): the unique index, in full
+                for chunk in _chunks(sorted({value for k, value in keys if k == kind})):
+                    held.update((kind, value) for value in conn.execute(
+                        select(entries_table.c.hash).where(entries_table.c.bank == bank, entries_table.c.kind == kind,
+                                                           entries_table.c.hash.in_(chunk))).scalars())
             created = _now()
             rows = [{"bank": bank, "kind": kind, "hash": value, "entry_id": unique[kind, value].entry_id,
                      "note": unique[kind, value].note, "created_at": created, "version": version}
@@ -400,7 +411,11 @@ class BankStore:
             wanted_pks = sorted({int(pk) for pk in pks})
         except (TypeError, ValueError):
             raise ModerationError("invalid_request", "pks must be integers") from None
+        if wanted_pks and not (0 <= wanted_pks[0] and wanted_pks[-1] <= MAX_PK):
+            raise ModerationError("invalid_request", f"pks must be between 0 and {MAX_PK}")
         wanted_ids = sorted({str(entry_id) for entry_id in entry_ids})
+        for index, entry_id in enumerate(wanted_ids):
+            _check_text(entry_id, f"entry_ids[{index}]", MAX_ENTRY_ID)
         wanted_hashes: set[tuple[str, str]] = set()
         for index, pair in enumerate(hashes):
             try:
@@ -423,12 +438,10 @@ class BankStore:
             for chunk in _chunks(wanted_ids):
                 found.update(conn.execute(select(entries_table.c.pk).where(
                     where_bank, entries_table.c.entry_id.in_(chunk))).scalars())
-            for chunk in _chunks(sorted({value for _, value in wanted_hashes})):
-                for pk, kind, value in conn.execute(select(entries_table.c.pk, entries_table.c.kind,
-                                                           entries_table.c.hash)
-                                                    .where(where_bank, entries_table.c.hash.in_(chunk))):
-                    if (kind, value) in wanted_hashes:
-                        found.add(pk)
+            for kind in sorted({kind for kind, _ in wanted_hashes}):
+                for chunk in _chunks(sorted({value for k, value in wanted_hashes if k == kind})):
+                    found.update(conn.execute(select(entries_table.c.pk).where(
+                        where_bank, entries_table.c.kind == kind, entries_table.c.hash.in_(chunk))).scalars())
             if not found:
                 raise _Rollback
             targets = sorted(found)
@@ -473,8 +486,9 @@ class BankStore:
             actions = {name: action for name, action in conn.execute(select(banks_table.c.name, banks_table.c.action))}
             added = [_entry(row) for row in conn.execute(
                 select(entries_table).where(entries_table.c.version > version).order_by(entries_table.c.pk))]
-            removed = list(conn.execute(select(removed_table.c.pk).where(removed_table.c.version > version)
-                                        .order_by(removed_table.c.pk)).scalars())
+            # From nothing, only the live entries matter: the tombstones of every removal ever made do not.
+            removed = [] if version == 0 else list(conn.execute(
+                select(removed_table.c.pk).where(removed_table.c.version > version).order_by(removed_table.c.pk)).scalars())
         return Changes(version=current, actions=actions, added=added, removed=[int(pk) for pk in removed])
 
 

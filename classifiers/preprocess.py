@@ -168,7 +168,7 @@ def decode_frames(
     frames (never thousands). ``first_frame``, if given, is called with the first frame,
     upright and RGB, as decoded (at draft scale) before any resize (the PDQ hash is made from it);
     ``draft_at_least`` keeps each side of a draft-decoded JPEG at least this large (PDQ's 512:
-    hashes of images decoded smaller moved by up to 16 bits). Raises ``ModerationError`` with ``unsupported_media_type``,
+    hashes of images decoded smaller moved by up to 30 bits). Raises ``ModerationError`` with ``unsupported_media_type``,
     ``image_too_large`` or ``image_decode_error``: bad input never escapes as another exception.
     """
     image = _open(data, max_pixels)

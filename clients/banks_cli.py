@@ -64,12 +64,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _image_entries(args: argparse.Namespace) -> list[dict]:
-    from banks.hashes import file_hashes
+    from banks.hashes import PDQ_MIN_QUALITY, file_hashes
 
     entries = []
     for path in args.image:
         hashes = file_hashes(path)
         note = args.note or os.path.basename(path)
+        if hashes.pdq_quality is not None and hashes.pdq_quality < PDQ_MIN_QUALITY:
+            print(f"moderation banks: {path}: PDQ quality {hashes.pdq_quality} is below {PDQ_MIN_QUALITY}: "
+                  "the service matches such images by SHA-256 only (add --sha256)", file=sys.stderr)
         entries.append({"kind": "pdq", "hash": hashes.pdq, "entry_id": args.entry_id, "note": note})
         if args.sha256:
             entries.append({"kind": "sha256", "hash": hashes.sha256, "entry_id": args.entry_id, "note": note})
@@ -118,17 +121,22 @@ def run(args: argparse.Namespace, out) -> int:
             tsv = args.file.endswith(".tsv") or None
             _show(banks.import_text(name, data, args.kind, tsv).model_dump(), args.json, out)
         elif command == "export":
-            target = open(args.output, "w", encoding="utf-8") if args.output else out
-            try:
+            if not args.output:
+                for line in banks.export(name, args.format):
+                    out.write(line + "\n")
+                return EXIT_OK
+            partial = f"{args.output}.partial"  # renamed once the whole bank has arrived
+            with open(partial, "w", encoding="utf-8") as target:
                 for line in banks.export(name, args.format):
                     target.write(line + "\n")
-            finally:
-                if args.output:
-                    target.close()
+            os.replace(partial, args.output)
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None, out=None) -> int:
+    import httpx
+
+    from classifiers.errors import ModerationError
     from clients.errors import ModerationAPIError, ModerationConnectionError
 
     try:
@@ -137,9 +145,9 @@ def main(argv: list[str] | None = None, out=None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     try:
         return run(args, out or sys.stdout)
-    except (ModerationConnectionError, ModerationAPIError) as exc:
+    except (ModerationConnectionError, ModerationAPIError, httpx.HTTPError) as exc:
         print(f"moderation banks: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except OSError as exc:
+    except (OSError, ModerationError) as exc:  # a file that cannot be read or is not an image
         print(f"moderation banks: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -191,7 +191,8 @@ def parse_batch_response(status: int, body: bytes, headers: Any) -> list[Classif
         else:
             out.append(ClassifyResponse(
                 request_id=batch.request_id, model=batch.model, model_family=batch.model_family,
-                flagged=item.flagged, results=item.results, timing=item.timing,
+                flagged=item.flagged, action=item.action, results=item.results, matches=item.matches or [],
+                hashes=item.hashes, cached=bool(item.cached), timing=item.timing,
             ))
     return out
 

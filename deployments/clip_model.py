@@ -213,7 +213,9 @@ class ClipModel:
             seen = self.known.recall(sha256)
             if seen is not None:  # seen recently: its embedding is scored with today's heads
                 self.metrics.cache_hits.inc()
-                embedding, hashes, matches, batch = seen.embedding, seen.hashes, self.known.match(seen.hashes), 0
+                # Matching waits while the poller swaps in a large bank change: never on the event loop.
+                matches = await asyncio.to_thread(self.known.match, seen.hashes)
+                embedding, hashes, batch = seen.embedding, seen.hashes, 0
                 decoded = done = time.perf_counter()
             else:
                 frames, hashes, matches = await self._decode(image, sha256)

@@ -3,6 +3,7 @@
 
 import asyncio
 import time
+from functools import partial
 
 from pathlib import Path
 
@@ -60,7 +61,9 @@ class Ingress:
         app.state.gatekeeper = Gatekeeper(settings.auth)  # used by the ApiKeyGate middleware
         from banks.store import BankStore
 
-        app.state.banks = BankStore(settings.known_images.banks_url)  # /v1/banks writes here
+        # /v1/banks writes here; opened on first use (deployments/bank_routes.py)
+        app.state.banks = partial(BankStore, settings.known_images.banks_url)
+        app.state.banks_opening = asyncio.Lock()
         self.admission = app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
 
     async def _call(self, response, timeout_s: float | None = None):

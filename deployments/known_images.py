@@ -63,12 +63,14 @@ class KnownImages:
 
     def __init__(self, settings: KnownImagesSettings) -> None:
         self.settings = settings
-        self.store = BankStore(settings.banks_url)
+        self.store: BankStore | None = None
         self.index = HashIndex(settings.max_distance)
-        start = time.perf_counter()
-        self.index.apply(self.store.changes_since(0))
-        logger.info("hash banks: %d entries at version %d, read in %.2f s", len(self.index),
-                    self.index.version, time.perf_counter() - start)
+        self.loaded = False  # false until the banks were read once
+        try:
+            self._catch_up()
+        except Exception:  # noqa: BLE001 - classify without banks rather than not at all; loudly
+            logger.exception("hash banks: the database cannot be read at start; matching nothing until it can "
+                             "(retrying every %s s)", settings.poll_s)
         self.cache: TTLCache | None = (
             TTLCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size else None
         )
@@ -76,21 +78,29 @@ class KnownImages:
         self._poller = threading.Thread(target=self._poll, name="banks-poll", daemon=True)
         self._poller.start()
 
+    def _catch_up(self) -> None:
+        """Read what changed since the version this replica holds (everything, the first time)."""
+        start = time.perf_counter()
+        if self.store is None:
+            self.store = BankStore(self.settings.banks_url)
+        changes = self.store.changes_since(self.index.version)
+        if changes.version < self.index.version:  # another database behind the same URL
+            logger.warning("hash banks: the database is at version %d, behind this replica's %d: reading it whole",
+                           changes.version, self.index.version)
+            fresh = HashIndex(self.settings.max_distance)
+            fresh.apply(self.store.changes_since(0))
+            self.index = fresh
+        elif changes.version != self.index.version or not self.loaded:
+            self.index.apply(changes)
+            logger.info("hash banks: version %d, %d entries (+%d, -%d) in %.2f s", changes.version, len(self.index),
+                        len(changes.added), len(changes.removed), time.perf_counter() - start)
+        self.loaded = True
+
     def _poll(self) -> None:
         failing = False
         while not self._stop.wait(self.settings.poll_s):
             try:
-                changes = self.store.changes_since(self.index.version)
-                if changes.version < self.index.version:  # another database behind the same URL
-                    logger.warning("hash banks: the database is at version %d, behind this replica's %d: "
-                                   "reading it whole", changes.version, self.index.version)
-                    fresh = HashIndex(self.settings.max_distance)
-                    fresh.apply(self.store.changes_since(0))
-                    self.index = fresh
-                elif changes.version != self.index.version:
-                    self.index.apply(changes)
-                    logger.info("hash banks: version %d, %d entries (+%d, -%d)", changes.version,
-                                len(self.index), len(changes.added), len(changes.removed))
+                self._catch_up()
                 if failing:
                     logger.info("hash banks: reading the database again")
                 failing = False
@@ -116,9 +126,10 @@ class KnownImages:
             self.cache[sha256] = seen
 
     def status(self) -> dict:
-        return {"version": self.index.version, "entries": len(self.index),
+        return {"loaded": self.loaded, "version": self.index.version, "entries": len(self.index),
                 "cached_images": len(self.cache) if self.cache is not None else 0}
 
     def close(self) -> None:
         self._stop.set()
-        self.store.close()
+        if self.store is not None:
+            self.store.close()

@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         "--new-api-key", metavar="NAME", help="print a new API key (give it to the client) and "
         "the line for args.auth.api_keys (only its hash goes in the config), then exit",
     )
+    parser.add_argument("--admin", action="store_true", help="with --new-api-key: a key that may manage the hash banks")
     args, serve_args = parser.parse_known_args(argv)
     if args.new_api_key:
-        return _print_new_key(args.new_api_key)
+        return _print_new_key(args.new_api_key, args.admin)
     _quiet_hub_libraries()  # the check's answer is one line; their warnings would bury it
     try:
         app_args = args_of(args.config)
@@ -95,14 +96,15 @@ def _quiet_hub_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _print_new_key(name: str) -> int:
+def _print_new_key(name: str, admin: bool = False) -> int:
     from deployments.auth import new_key
     from deployments.settings import ApiKey
 
     key, digest = new_key()
     ApiKey(name=name, sha256=digest)  # validates the name
     print(f"API key for {name} (shown once; give it to the client):\n  {key}")
-    print(f"Add to args.auth.api_keys in the serve config:\n  - {{name: {name}, sha256: {digest}}}")
+    extra = ", admin: true" if admin else ""
+    print(f"Add to args.auth.api_keys in the serve config:\n  - {{name: {name}, sha256: {digest}{extra}}}")
     return 0
 
 

@@ -103,7 +103,7 @@ class KnownImagesSettings(_Strict):
     )
     cache_size: int = Field(
         10_000, ge=0, description="Images whose embeddings each model replica keeps by SHA-256 "
-        "(about 2 KB each for ViT-B/32); a repeat is scored without a decode or forward pass. 0: off.",
+        "(about 2 KB a frame for ViT-B/32); a repeat is scored without a decode or forward pass. 0: off.",
     )
     cache_ttl_s: float = Field(600, gt=0, description="How long an image stays in the result cache.")
     max_import_bytes: int = Field(
@@ -113,7 +113,7 @@ class KnownImagesSettings(_Strict):
     @field_validator("banks_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
             raise ValueError("banks_url must start with sqlite:/// or postgresql://")
         return value
 

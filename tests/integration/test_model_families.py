@@ -8,9 +8,12 @@ import pytest
 
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.random_checkpoint import build_random_checkpoint
-from deployments.settings import AppArgs
+from deployments.settings import AppArgs, KnownImagesSettings
 from images import jpeg
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
+
+# These tests count decodes, forward passes and batches: repeats must not come from the result cache.
+NO_CACHE = KnownImagesSettings(cache_size=0)
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +37,7 @@ def service():
 
 def serve_model(service, path: str) -> httpx.Client:
     port, http = service
-    args = AppArgs(model=path, max_batch_size=8, torch_threads=2, forward_lanes=2)
+    args = AppArgs(model=path, max_batch_size=8, torch_threads=2, forward_lanes=2, known_images=NO_CACHE)
     deploy_apps(port, app_config(args))
     return http
 

@@ -27,10 +27,13 @@ from bench.photos import encode
 from clients import ModerationClient
 from clients.core import RetryPolicy
 from deployments.auth import hash_key
-from deployments.settings import ApiKey, AppArgs, AuthSettings, FetchSettings
+from deployments.settings import ApiKey, AppArgs, AuthSettings, FetchSettings, KnownImagesSettings
 from images import jpeg
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
 from integration.servers import free_port
+
+# These tests count decodes, forward passes and batches: repeats must not come from the result cache.
+NO_CACHE = KnownImagesSettings(cache_size=0)
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +62,10 @@ def service(tiny_clip_dir, servers):
         allowed_ports=(image_port, canary.port, free_port()),  # the last one: nothing listens
     )
     open_args = AppArgs(model=tiny_clip_dir, max_batch_size=4, batch_wait_timeout_s=0.01, fetch=fetch,
-                        engine="torch")  # test_service's serves OpenVINO
+                        engine="torch",  # test_service's serves OpenVINO
+                        known_images=NO_CACHE)
     guarded_args = AppArgs(
-        model=tiny_clip_dir, request_timeout_s=1.5,
+        model=tiny_clip_dir, request_timeout_s=1.5, known_images=NO_CACHE,
         fetch=FetchSettings(**{**fetch.model_dump(), "timeout_s": 10}),
         auth=AuthSettings(api_keys=(
             ApiKey(name="alice", sha256=hash_key(ALICE)),

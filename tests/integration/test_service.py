@@ -11,10 +11,13 @@ from classifiers.engines import openvino_available
 from classifiers.errors import ModerationError
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
-from deployments.settings import AppArgs, FetchSettings
+from deployments.settings import AppArgs, FetchSettings, KnownImagesSettings
 from images import jpeg, png
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
 from integration.servers import serve_routes
+
+# These tests count decodes, forward passes and batches: repeats must not come from the result cache.
+NO_CACHE = KnownImagesSettings(cache_size=0)
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +48,7 @@ def app_args(tiny_clip_dir, image_port):
         torch_threads=2, forward_lanes=2,  # the CPU default with 2 CPUs (replicas here get 1)
         engine=ENGINE,
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
+        known_images=NO_CACHE,
     )
 
 

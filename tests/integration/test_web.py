@@ -58,7 +58,7 @@ def test_upload_shows_bars_for_each_chosen_classifier(page, photo):
     page.uncheck("input[value=offensive]")
     page.uncheck("input[value=face_attributes]")
     page.set_input_files("#file", str(photo))
-    assert page.locator("#preview").is_visible()
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)  # shown once the file is read
     page.click("#submit")
     page.wait_for_selector("article.card")
     cards = page.locator("article.card")

@@ -3,7 +3,9 @@ codes and statuses, import/export round trips, and who may call it when API keys
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from functools import partial
 
 import pytest
 from fastapi import FastAPI
@@ -26,7 +28,8 @@ def build(tmp_path, auth: AuthSettings = AuthSettings()) -> TestClient:
     app.add_middleware(ApiKeyGate)
     app.include_router(router)
     app.state.gatekeeper = Gatekeeper(auth)
-    app.state.banks = BankStore(f"sqlite:///{tmp_path}/banks.db")
+    app.state.banks = partial(BankStore, f"sqlite:///{tmp_path}/banks.db")  # as the ingress: opened on first use
+    app.state.banks_opening = asyncio.Lock()
     return TestClient(app)
 
 
@@ -111,3 +114,30 @@ def test_only_admin_keys_manage_banks_when_keys_are_on(tmp_path):
         allowed = api.post("/v1/banks", json={"name": "b", "action": "allow"},
                            headers={"Authorization": f"Bearer {admin}"})
         assert allowed.status_code == 201
+
+
+def test_out_of_range_and_malformed_values_are_4xx_not_5xx(api):
+    api.post("/v1/banks", json={"name": "b", "action": "block"})
+    checks = [
+        api.get("/v1/banks/b/entries", params={"after": 10**20}),
+        api.post("/v1/banks/b/entries/remove", json={"pks": [10**20]}),
+        api.post("/v1/banks/b/entries/remove", content='{"entry_ids": ["\\ud800"]}',
+                 headers={"Content-Type": "application/json"}),
+        api.post("/v1/banks/b/entries", content='{"entries": [{"hash": "%s", "note": "\\ud800"}]}' % ("a" * 64),
+                 headers={"Content-Type": "application/json"}),
+        api.post("/v1/banks/b/import", content=b"\xff\xfe not text", headers={"Content-Type": "text/csv"}),
+        api.get("/v1/banks/b/export", params={"format": "xml"}),
+    ]
+    for response in checks:
+        assert response.status_code == 400 and code(response) == "invalid_request", response.text
+
+
+def test_every_bank_route_needs_an_admin_key(tmp_path):
+    reader = "mod_reader-key"
+    auth = AuthSettings(api_keys=(ApiKey(name="forum", sha256=hash_key(reader)),))
+    with build(tmp_path, auth) as api:
+        for route in router.routes:
+            for method in route.methods:
+                path = route.path.replace("{name}", "b")
+                response = api.request(method, path, headers={"Authorization": f"Bearer {reader}"})
+                assert response.status_code == 403 and code(response) == "forbidden", (method, path)

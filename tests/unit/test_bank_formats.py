@@ -89,7 +89,7 @@ def _entries() -> list[Entry]:
 @pytest.mark.parametrize("delimiter", ["\t", ","])
 def test_export_then_parse_round_trips(delimiter):
     lines = list(export_hash_list(_entries(), delimiter=delimiter))
-    assert lines[0] == delimiter.join(("kind", "hash", "id", "note")) + "\n"
+    assert lines[0] == delimiter.join(("kind", "hash", "entry_id", "note")) + "\n"
     assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
     back = parse_hash_list("".join(lines), default_kind="sha256")
     assert back == [NewEntry("pdq", P1), NewEntry("sha256", S1, "id\t2", 'a "quoted", tabbed\tnote'),
@@ -97,6 +97,6 @@ def test_export_then_parse_round_trips(delimiter):
 
 
 def test_export_header_is_tab_separated_by_default_and_other_delimiters_are_refused():
-    assert next(export_hash_list([])) == "kind\thash\tid\tnote\n"
+    assert next(export_hash_list([])) == "kind\thash\tentry_id\tnote\n"
     with pytest.raises(ValueError):
         list(export_hash_list([], delimiter=";"))

@@ -75,3 +75,20 @@ def test_the_cache_keeps_recent_embeddings_by_content(known):
     off.remember(keys[0], Seen(np.ones((1, 2), np.float32), ImageHashes(keys[0], None, None)))
     assert off.recall(keys[0]) is None
     off.close()
+
+
+def test_a_database_down_at_start_does_not_stop_the_replica(tmp_path):
+    url = f"sqlite:///{tmp_path}/not-yet/banks.db"
+    (tmp_path / "not-yet").write_text("a file where the folder should be")  # the database cannot open
+    replica = KnownImages(KnownImagesSettings(banks_url=url, poll_s=0.1))
+    try:
+        assert replica.status()["loaded"] is False and replica.match(ImageHashes(SHA, PDQ, 90)) == ()
+        (tmp_path / "not-yet").unlink()  # the database comes back
+        store = BankStore(url)
+        store.create_bank("takedowns", "block")
+        store.add_entries("takedowns", [NewEntry("sha256", SHA)])
+        eventually(lambda: replica.match(ImageHashes(SHA, None, None)))
+        assert replica.status()["loaded"] is True
+        store.close()
+    finally:
+        replica.close()
