@@ -59,6 +59,9 @@ class ImageHashes:
     sha256: str  # 64 lowercase hex chars, of the bytes as received
     pdq: str | None  # 64 lowercase hex chars (256 bits), None when not computed
     pdq_quality: int | None  # 0..100 from the PDQ reference
+    # PDQ of the image turned and mirrored (the other 7 of PDQ's dihedral hashes), when made:
+    # matched too, so a rotated or mirrored copy, or a hash made without the EXIF turn, matches.
+    pdq_turned: tuple[str, ...] = ()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -104,6 +107,19 @@ def pdq_hash(image: Image.Image | np.ndarray) -> tuple[str, int]:
         raise ValueError("cannot hash an empty image")
     bits, quality = pdqhash.compute(array)
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
+
+
+DIHEDRAL = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1", "flip_minus1")
+
+
+def pdq_dihedral(image: Image.Image | np.ndarray) -> tuple[tuple[str, ...], int]:
+    """PDQ's 8 dihedral hashes (``DIHEDRAL`` order: the image as it is first, as ``pdq_hash`` gives it) and
+    the quality, from one pass of the reference (``pdqHash256esFromFloatLuma``: about the cost of one hash)."""
+    array = pdq_input(image)
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError("cannot hash an empty image")
+    hashes, quality = pdqhash.compute_dihedral(array)
+    return tuple(np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex() for bits in hashes), int(quality)
 
 
 def _array_image(array: np.ndarray) -> Image.Image:

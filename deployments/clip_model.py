@@ -260,7 +260,8 @@ class ClipModel:
 
     def _decode_sync(self, image: bytes | np.ndarray, sha256: str):
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
-        pdq = PdqOfFirstFrame() if self.settings.known_images.pdq else None
+        known = self.settings.known_images
+        pdq = PdqOfFirstFrame(known.pdq_turned) if known.pdq else None
         if isinstance(image, np.ndarray):
             frames = prepare_array(image, spec, max_pixels)
             if pdq is not None:

@@ -23,8 +23,8 @@ import numpy as np
 from cachetools import TTLCache
 from PIL import Image
 
-from banks.hashes import ImageHashes, pdq_hash, sha256_hex
-from banks.index import HashIndex, Match
+from banks.hashes import ImageHashes, pdq_dihedral, pdq_hash, sha256_hex
+from banks.index import SEVERITY, HashIndex, Match
 from banks.store import BankStore
 from deployments.settings import KnownImagesSettings
 
@@ -49,13 +49,19 @@ def content_sha256(image: bytes | np.ndarray) -> str:
 
 
 class PdqOfFirstFrame:
-    """``decode_frames``'s ``first_frame`` hook: keeps the PDQ hash of the first frame."""
+    """``decode_frames``'s ``first_frame`` hook: keeps the PDQ hash of the first frame (and, with
+    ``turned``, its 7 turned and mirrored hashes, from the same pass)."""
 
-    def __init__(self) -> None:
-        self.pdq: tuple[str, int] | None = None
+    def __init__(self, turned: bool = False) -> None:
+        self.turned = turned
+        self.pdq: tuple[str, int, tuple[str, ...]] | None = None
 
     def __call__(self, frame: Image.Image) -> None:
-        self.pdq = pdq_hash(frame)
+        if self.turned:
+            hashes, quality = pdq_dihedral(frame)
+            self.pdq = (hashes[0], quality, hashes[1:])
+        else:
+            self.pdq = (*pdq_hash(frame), ())
 
 
 class KnownImages:
@@ -110,13 +116,24 @@ class KnownImages:
                                      self.index.version)
                 failing = True
 
-    def hashes(self, sha256: str, pdq: tuple[str, int] | None) -> ImageHashes:
-        return ImageHashes(sha256, *(pdq or (None, None)))
+    def hashes(self, sha256: str, pdq: tuple[str, int, tuple[str, ...]] | None) -> ImageHashes:
+        return ImageHashes(sha256, *(pdq or (None, None, ())))
 
     def match(self, hashes: ImageHashes) -> tuple[Match, ...]:
-        """Bank entries this image matches: SHA-256 always, PDQ when its quality is enough."""
+        """Bank entries this image matches: SHA-256 always, PDQ when its quality is enough (the
+        image as it is, and turned or mirrored when those hashes were made): each entry once,
+        at its nearest."""
         usable = hashes.pdq_quality is not None and hashes.pdq_quality >= self.settings.min_pdq_quality
-        return tuple(self.index.match(hashes.sha256, hashes.pdq if usable else None))
+        index = self.index
+        found = index.match(hashes.sha256, hashes.pdq if usable else None)
+        if usable and hashes.pdq_turned:
+            nearest = {m.pk: m for m in found}
+            for turned in hashes.pdq_turned:
+                for m in index.match(None, turned):
+                    if m.pk not in nearest or m.distance < nearest[m.pk].distance:
+                        nearest[m.pk] = m
+            found = sorted(nearest.values(), key=lambda m: (m.distance, SEVERITY.get(m.action, 9), m.bank, m.pk))
+        return tuple(found)
 
     def recall(self, sha256: str) -> Seen | None:
         return self.cache.get(sha256) if self.cache is not None else None

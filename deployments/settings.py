@@ -94,6 +94,11 @@ class KnownImagesSettings(_Strict):
         True, description="Make every image's PDQ hash (about 6 ms of CPU per 1024x768 image; "
         "false: SHA-256 only, and PDQ bank entries match nothing).",
     )
+    pdq_turned: bool = Field(
+        True, description="Also match the image turned (90, 180, 270 degrees) and mirrored: PDQ's 8 "
+        "dihedral hashes come from one pass, so a rotated or mirrored copy, or a bank hash made "
+        "without applying EXIF orientation (as ThreatExchange's are), matches; 8 index lookups.",
+    )
     max_distance: int = Field(
         31, ge=0, le=64, description="A PDQ hash within this many bits (of 256) of a bank entry matches.",
     )

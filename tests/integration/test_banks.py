@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from banks.hashes import file_hashes, hamming
+from banks.hashes import file_hashes, hamming, pdq_hash
 from clients.http import ModerationClient
 from deployments.settings import AppArgs, KnownImagesSettings
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
@@ -106,6 +106,23 @@ def test_a_bank_entry_reaches_every_replica_and_blocks_near_copies(service, tmp_
 
     service.banks.remove(bank, entry_ids=["case-1"])
     until(lambda: not any(m.bank == bank for m in service.classify(copy, classifiers=["gore"]).matches))
+
+
+def test_a_hash_made_without_the_exif_turn_matches_a_phone_photo(service):
+    """ThreatExchange's PDQ hashes are made from the pixels as stored, ignoring EXIF orientation;
+    the service hashes the image upright and matches its turned hashes too."""
+    upright = Image.fromarray(photo("coffee"))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # a phone's sideways pixels...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...and the tag that turns them upright
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    bank = fresh_bank(service, "review")
+    service.banks.add(bank, [{"hash": pdq_hash(stored)[0], "entry_id": "te-42"}])
+    answer = until(lambda: (a := service.classify(buf.getvalue(), classifiers=["gore"])).action == "review" and a)
+    assert answer.hashes.pdq == pdq_hash(upright)[0] or hamming(answer.hashes.pdq, pdq_hash(upright)[0]) <= 8
+    assert [(m.bank, m.entry_id) for m in answer.matches] == [(bank, "te-42")]
+    service.banks.delete(bank)
 
 
 def test_allow_clears_what_the_classifiers_flag_and_block_outweighs_it(service):

@@ -9,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from banks.hashes import ImageHashes
+from banks.hashes import ImageHashes, pdq_hash
 from banks.store import BankStore, NewEntry
-from deployments.known_images import KnownImages, Seen, content_sha256
+from deployments.known_images import KnownImages, PdqOfFirstFrame, Seen, content_sha256
 from deployments.settings import KnownImagesSettings
 
 PDQ = "f" * 32 + "0" * 32
@@ -92,3 +93,28 @@ def test_a_database_down_at_start_does_not_stop_the_replica(tmp_path):
         store.close()
     finally:
         replica.close()
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                  Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.TRANSPOSE])
+def test_turned_and_mirrored_copies_match_through_the_dihedral_hashes(tmp_path, turn):
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    url = f"sqlite:///{tmp_path}/banks.db"
+    store = BankStore(url)
+    store.create_bank("takedowns", "block")
+    store.add_entries("takedowns", [NewEntry("pdq", pdq_hash(photo)[0], "case-7")])
+    replica = KnownImages(KnownImagesSettings(banks_url=url, poll_s=0.1))
+    try:
+        copy = photo.transpose(turn)
+        plain, turned = PdqOfFirstFrame(turned=False), PdqOfFirstFrame(turned=True)
+        plain(copy)
+        turned(copy)
+        assert turned.pdq[0] == plain.pdq[0]  # the image as it is: the same hash either way
+        assert replica.match(replica.hashes(SHA, plain.pdq)) == ()  # PDQ alone does not see turns
+        match, = replica.match(replica.hashes(SHA, turned.pdq))
+        assert match.entry_id == "case-7" and match.distance <= 31  # measured: 0-20
+    finally:
+        replica.close()
+        store.close()
