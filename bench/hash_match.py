@@ -27,29 +27,7 @@ import numpy as np
 
 from banks.hashes import PDQ_MATCH_THRESHOLD, code_to_hex
 from banks.index import HashIndex
-
-try:
-    from banks.store import Changes, Entry
-except ImportError:  # pragma: no cover - the store is optional for this benchmark
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Entry:  # type: ignore[no-redef]
-        pk: int
-        bank: str
-        kind: str
-        hash: str
-        entry_id: str | None
-        note: str | None
-        created_at: str
-
-    @dataclass(frozen=True)
-    class Changes:  # type: ignore[no-redef]
-        version: int
-        actions: dict[str, str]
-        added: list[Entry]
-        removed: list[int]
-
+from banks.store import Changes, Entry
 
 BANK = "bench"
 

@@ -5,35 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from banks.hashes import code_to_hex, hexes_to_codes
 from banks.index import HashIndex, Match
-
-try:
-    from banks.store import Changes, Entry
-except ImportError:  # the store is written in parallel; the index only reads these attributes
-
-    @dataclass(frozen=True)
-    class Entry:  # type: ignore[no-redef]
-        pk: int
-        bank: str
-        kind: str
-        hash: str
-        entry_id: str | None
-        note: str | None
-        created_at: str
-
-    @dataclass(frozen=True)
-    class Changes:  # type: ignore[no-redef]
-        version: int
-        actions: dict[str, str]
-        added: list[Entry]
-        removed: list[int]
-
+from banks.store import Changes, Entry
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
 
