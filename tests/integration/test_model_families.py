@@ -12,8 +12,9 @@ from deployments.settings import AppArgs, KnownImagesSettings
 from images import jpeg
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
 
-# These tests count decodes, forward passes and batches: repeats must not come from the result cache.
-NO_CACHE = KnownImagesSettings(cache_size=0)
+# These tests look at batches: repeats must not come from the result cache, and the images'
+# decodes should end close together (PDQ hashing, a few ms per image, staggers them).
+NO_CACHE = KnownImagesSettings(cache_size=0, pdq=False)
 
 pytestmark = pytest.mark.integration
 
