@@ -26,7 +26,7 @@ from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
 def measure(model: str, work: Path, name: str, known_images: dict, concurrency: int, requests: int) -> dict:
     port = free_port()
     config = work / f"serve_config-{name}.yaml"
-    write_config(model, port, config, {"known_images": known_images} if known_images else {})
+    write_config(model, port, config, {"known_images": known_images})
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env.setdefault("MODERATION_BANKS_URL", f"sqlite:///{work}/banks.db")
     haproxy = work / f"haproxy-{name}"
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = str(build_random_clip(work / f"clip-{args.size}", size=args.size))
     fewer = max(args.requests // 5, 2 * args.concurrency)
-    runs = {"cache on": measure(model, work, "on", {}, args.concurrency, args.requests),
+    runs = {"cache on": measure(model, work, "on", {"cache_size": 10_000}, args.concurrency, args.requests),
             "cache off": measure(model, work, "off", {"cache_size": 0}, args.concurrency, fewer)}
     if args.pdq_off:
         runs["cache off, no PDQ"] = measure(model, work, "nopdq", {"cache_size": 0, "pdq": False},

@@ -133,7 +133,9 @@ def service_config(model: str, device: str, dtype: str, port: int, batch: int, t
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch,
-                       torch_threads=threads, forward_lanes=lanes, engine=engine)
+                       torch_threads=threads, forward_lanes=lanes, engine=engine,
+                       # the load sends a few images in rotation: measure the model path, not the cache
+                       known_images={"cache_size": 0})
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
