@@ -107,6 +107,27 @@ function card(result) {
   return el;
 }
 
+function matchesCard(body) {
+  // The hash-bank entries the image matched (docs/banks.md): the bank, its action, how near.
+  const el = document.createElement("article");
+  el.className = "card banks";
+  const title = document.createElement("h3");
+  const badge = Object.assign(document.createElement("span"), {
+    className: `badge ${body.action === "allow" ? "clear" : "flagged"}`,
+    textContent: body.action.toUpperCase(),
+  });
+  title.append(document.createTextNode("known image"), badge);
+  const list = document.createElement("ul");
+  body.matches.forEach((m) => {
+    const item = document.createElement("li");
+    item.textContent = `${m.bank} (${m.action}): ${m.kind === "pdq" ? `PDQ ${m.distance} bits apart` : "same SHA-256"}` +
+      (m.entry_id ? ` · entry ${m.entry_id}` : "");
+    list.append(item);
+  });
+  el.append(title, list);
+  return el;
+}
+
 async function classify(event) {
   event.preventDefault();
   const url = $("url").value.trim();
@@ -142,9 +163,12 @@ async function classify(event) {
       setStatus(`Error ${response.status} ${e.code}: ${e.message}`, true);
       return;
     }
-    $("results").replaceChildren(...Object.values(body.results).map(card));
-    setStatus(`${body.flagged ? "Flagged" : "Not flagged"} · model ${body.model} · ` +
-              `${body.timing.total_ms.toFixed(0)} ms (inference ${body.timing.inference_ms.toFixed(0)} ms)`);
+    const cards = Object.values(body.results).map(card);
+    if (body.matches && body.matches.length) cards.unshift(matchesCard(body));
+    $("results").replaceChildren(...cards);
+    setStatus(`${body.flagged ? "Flagged" : "Not flagged"}` + (body.action ? ` (hash bank: ${body.action})` : "") +
+              ` · model ${body.model} · ${body.timing.total_ms.toFixed(0)} ms ` +
+              (body.cached ? "(seen recently: from the cache)" : `(inference ${body.timing.inference_ms.toFixed(0)} ms)`));
   } catch (err) {
     setStatus(`Request failed: ${err.message}`, true);
   } finally {

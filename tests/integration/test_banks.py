@@ -178,3 +178,5 @@ def test_the_cli_manages_banks(service, tmp_path, capsys):
     assert "added=2" in capsys.readouterr().out
     assert cli(["banks", *server, "create", "cli-bank", "--action", "block"]) == 3  # exists
     assert "bank_exists" in capsys.readouterr().err
+    for name in ("cli-bank", "cli-copy"):  # the test session's database is shared by every module
+        assert cli(["banks", *server, "delete", name]) == 0

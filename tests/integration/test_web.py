@@ -90,6 +90,32 @@ def test_custom_labels_add_a_custom_card(page, photo):
     assert page.locator("article.card").count() == 5  # four built-ins and the custom labels
 
 
+def test_a_known_image_shows_the_bank_it_matched(page, base_url, tmp_path):
+    from banks.hashes import file_hashes
+    from clients.http import ModerationClient
+
+    image = tmp_path / "known.jpg"
+    image.write_bytes(jpeg(640, 480, seed=11))
+    with ModerationClient(base_url) as client:
+        client.banks.create("web-takedowns", "block")
+        client.banks.add("web-takedowns", [{"hash": file_hashes(image).pdq, "entry_id": "case-77"}])
+        try:
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#preview", state="visible", timeout=10_000)
+            for _ in range(20):  # the model replica reads bank changes every 2 s
+                page.click("#submit")
+                page.wait_for_selector("#status:not(:text('Classifying'))")
+                if page.locator("article.card.banks").count():
+                    break
+                page.wait_for_timeout(500)
+            known = page.locator("article.card.banks")
+            assert "BLOCK" in known.locator(".badge").inner_text()
+            assert "web-takedowns (block): PDQ 0 bits apart · entry case-77" in known.inner_text()
+            assert "hash bank: block" in page.locator("#status").inner_text()
+        finally:
+            client.banks.delete("web-takedowns")
+
+
 def test_non_image_shows_the_service_error(page, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
