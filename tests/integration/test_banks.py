@@ -44,8 +44,11 @@ def near_copy(array: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def service(tiny_clip_dir):
-    args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, max_batch_size=8,
-                   known_images=KnownImagesSettings(poll_s=0.5))
+    # float32 on torch: both replicas compute the same embedding whatever batch it rides in (with
+    # bfloat16 or OpenVINO on one of them, scores across replicas differed by up to 4e-4), so a
+    # cached answer can be compared with an uncached one from either replica.
+    args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, max_batch_size=8, dtype="float32",
+                   engine="torch", known_images=KnownImagesSettings(poll_s=0.5))
     two_replicas = {"name": "ClipModel", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
     with serve_on_loopback() as port:
         deploy_apps(port, app_config(args, deployments=[two_replicas]))
