@@ -23,3 +23,23 @@ FACE_ATTRIBUTES = LabelSet(
     unsafe=(),
     threshold=0.5,
 )
+
+# Scored on each detected face's crop (``faces`` in a response), not on the whole image:
+# the crop shows one person's face, so the prompts describe a face, not a scene.
+FACE_CROP_ATTRIBUTES = LabelSet(
+    name="face",
+    kind="attributes",
+    description="Attributes of one detected face, scored on its crop.",
+    labels=(
+        Label("minor", ("a child's face", "the face of a teenager", "a young kid's face"),
+              ("an adult's face", "the face of a grown-up person")),
+        Label("smiling", ("a smiling face", "a person laughing"),
+              ("a face with a neutral expression", "a face that is not smiling")),
+        Label("glasses", ("a face wearing glasses", "a face wearing sunglasses"),
+              ("a face without glasses",)),
+        Label("facial_hair", ("a face with a beard", "a face with a mustache"),
+              ("a clean-shaven face",)),
+    ),
+    unsafe=(),
+    threshold=0.5,
+)

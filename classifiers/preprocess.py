@@ -158,7 +158,7 @@ def decode_frames(
     max_pixels: int = 50_000_000,
     draft: bool = True,
     max_frames: int = 1,
-    first_frame: Callable[[Image.Image], None] | None = None,
+    first_frame: Callable[[Image.Image, tuple[int, int]], None] | None = None,
     draft_at_least: int = 0,
 ) -> np.ndarray:
     """Decode up to ``max_frames`` evenly spaced frames into ``(k, h, w, 3)`` uint8: ``h = w =
@@ -166,7 +166,8 @@ def decode_frames(
 
     Still images give one frame. Animations are scanned only as far as a bounded number of
     frames (never thousands). ``first_frame``, if given, is called with the first frame,
-    upright and RGB, as decoded (at draft scale) before any resize (the PDQ hash is made from it);
+    upright and RGB, as decoded (at draft scale) before any resize, and the original's upright
+    ``(width, height)`` (the PDQ hash and face detection are made from them);
     ``draft_at_least`` keeps each side of a draft-decoded JPEG at least this large (PDQ's 512:
     hashes of images decoded smaller moved by up to 30 bits). Raises ``ModerationError`` with ``unsupported_media_type``,
     ``image_too_large`` or ``image_decode_error``: bad input never escapes as another exception.
@@ -176,7 +177,8 @@ def decode_frames(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             orientation = _orientation(image)
-            target = spec.target(*_upright(image.size, orientation))
+            full_size = _upright(image.size, orientation)
+            target = spec.target(*full_size)
             if draft and image.format == "JPEG":
                 # DCT-domain downscale (1/2, 1/4, 1/8) to no less than the target size, then
                 # bicubic: within ~0.2 grey levels on average of decoding at full size, and
@@ -190,7 +192,7 @@ def decode_frames(
                 image.seek(index)
                 upright = _upright_rgb(image, orientation)
                 if n == 0 and first_frame is not None:
-                    first_frame(upright)
+                    first_frame(upright, full_size)
                 frames.append(_fit(upright, spec, 1, target))
             return np.stack(frames)
     except ModerationError:
@@ -255,6 +257,11 @@ def _upright_rgb(frame: Image.Image, orientation: int) -> Image.Image:
     if orientation != 1:
         frame = ImageOps.exif_transpose(frame)
     return _to_rgb(frame)
+
+
+def fit_image(image: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """An upright RGB image (a face crop, say) to the model's ``(h, w, 3)`` uint8 input."""
+    return _fit(image, spec, 1, spec.target(*image.size))
 
 
 def _fit(frame: Image.Image, spec: ImageSpec, orientation: int, target: tuple[int, int]) -> np.ndarray:

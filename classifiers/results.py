@@ -35,13 +35,33 @@ class ClassifierResult:
 
 
 @dataclass(frozen=True)
+class Face:
+    """One detected face: ``box`` ``(x, y, w, h)`` in the original image's pixels (EXIF
+    orientation applied), the detector's ``confidence`` and CLIP's score for each face
+    attribute, made on the face's crop."""
+
+    box: tuple[int, int, int, int]
+    confidence: float
+    attributes: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PolicyHit:
+    """A configured policy that held for the image, and the action it adds."""
+
+    name: str
+    action: str
+
+
+@dataclass(frozen=True)
 class Classification:
     """Every requested classifier's result for one image, with the model and its timings.
 
     ``model`` is the checkpoint as configured (hub id or directory); ``model_family`` its
     family (``clip``, ``siglip``, ``siglip2``). ``hashes`` are the image's SHA-256 and PDQ,
     ``matches`` the hash-bank entries it matched, ``cached`` whether its embedding came from
-    the result cache (no decode, no forward pass)."""
+    the result cache (no decode, no forward pass). ``faces``: the faces found, largest first
+    (``None``: faces were not asked for); ``policies``: the configured policies that held."""
 
     model: str
     results: tuple[ClassifierResult, ...]
@@ -52,17 +72,24 @@ class Classification:
     hashes: ImageHashes | None = None
     matches: tuple[Match, ...] = ()
     cached: bool = False
+    faces: tuple[Face, ...] | None = None
+    policies: tuple[PolicyHit, ...] = ()
 
     @property
     def action(self) -> str | None:
-        """The strongest action among the matched banks (``block`` > ``review`` > ``allow``)."""
-        found = {match.action for match in self.matches}
+        """A bank's ``block`` or ``allow`` decides (a person put this image there); otherwise the
+        strongest of the bank ``review`` and the policies' actions (``block`` > ``review``)."""
+        banks = {match.action for match in self.matches}
+        for decided in ("block", "allow"):
+            if decided in banks:
+                return decided
+        found = banks | {hit.action for hit in self.policies}
         return next((action for action in ACTIONS if action in found), None)
 
     @property
     def flagged(self) -> bool:
-        """A ``block`` match flags whatever the scores; an ``allow`` match (and no stronger
-        one) clears; otherwise any classifier that flagged."""
+        """A ``block`` (a bank's or a policy's) flags whatever the scores; an ``allow`` match
+        (and no bank ``block``) clears; otherwise any classifier that flagged."""
         action = self.action
         if action in ("block", "allow"):
             return action == "block"

@@ -125,11 +125,31 @@ class BankMatch(BaseModel):
     entry_id: str | None = Field(None, description="The entry's own id, as it was added.")
 
 
+class FaceResult(BaseModel):
+    """One detected face."""
+
+    box: list[int] = Field(min_length=4, max_length=4, description="[x, y, width, height] in the original "
+                           "image's pixels, EXIF orientation applied.", examples=[[178, 63, 89, 112]])
+    confidence: float = Field(description="The detector's confidence, 0-1.")
+    attributes: dict[str, float] = Field(description="CLIP's score for each face attribute (minor, smiling, "
+                                         "glasses, facial_hair), made on the face's crop.")
+
+
+class PolicyResult(BaseModel):
+    """A configured policy that held for the image."""
+
+    name: str
+    action: Literal["block", "review"]
+
+
 _DECISION = (
-    "True if any classifier flagged the image, unless it matched a hash bank: a `block` match "
-    "flags it whatever the scores, an `allow` match (and nothing stronger) clears it."
+    "True if any classifier flagged the image or a `block` policy held, unless it matched a hash "
+    "bank: a `block` match flags it whatever the scores, an `allow` match (and no `block` match) clears it."
 )
-_ACTION = "The strongest action among the matched banks: `block` > `review` > `allow`; none without a match."
+_ACTION = ("A bank's `block` or `allow`, else the strongest of a bank's `review` and the policies' actions "
+           "(`block` > `review`); none without either.")
+_FACES = ("Faces found, largest first, when `face_attributes` was asked for (the default set) and the "
+          "service finds faces; null otherwise.")
 
 
 class ClassifyResponse(BaseModel):
@@ -145,6 +165,8 @@ class ClassifyResponse(BaseModel):
     hashes: ImageHashes | None = None
     cached: bool = Field(False, description="Scored from the embedding of the same bytes seen recently "
                          "(no decode, no forward pass); scores, thresholds and banks are today's.")
+    faces: list[FaceResult] | None = Field(None, description=_FACES)
+    policies: list[PolicyResult] = Field(default_factory=list, description="Configured policies that held.")
     timing: Timing
 
     @classmethod
@@ -165,6 +187,9 @@ class ClassifyResponse(BaseModel):
             matches=[BankMatch.model_validate(m, from_attributes=True) for m in result.matches],
             hashes=ImageHashes.model_validate(result.hashes, from_attributes=True) if result.hashes else None,
             cached=result.cached,
+            faces=None if result.faces is None else [
+                FaceResult(box=list(f.box), confidence=f.confidence, attributes=f.attributes) for f in result.faces],
+            policies=[PolicyResult(name=p.name, action=p.action) for p in result.policies],
             timing=Timing(
                 total_ms=round(total_ms, 2), decode_ms=result.decode_ms,
                 inference_ms=result.inference_ms, batch_size=result.batch_size,
@@ -192,6 +217,8 @@ class BatchItem(BaseModel):
     matches: list[BankMatch] | None = None
     hashes: ImageHashes | None = None
     cached: bool | None = None
+    faces: list[FaceResult] | None = None
+    policies: list[PolicyResult] | None = None
     timing: Timing | None = None
     error: ItemError | None = None
 
@@ -220,7 +247,8 @@ class ClassifyBatchResponse(BaseModel):
                                                            outcome.decode_ms + outcome.inference_ms)
                 items.append(BatchItem(index=index, id=item_id, flagged=one.flagged, action=one.action,
                                        results=one.results, matches=one.matches, hashes=one.hashes,
-                                       cached=one.cached, timing=one.timing))
+                                       cached=one.cached, faces=one.faces, policies=one.policies,
+                                       timing=one.timing))
                 served = served or outcome
             else:
                 items.append(BatchItem(index=index, id=item_id, error=ItemError(

@@ -192,7 +192,8 @@ def parse_batch_response(status: int, body: bytes, headers: Any) -> list[Classif
             out.append(ClassifyResponse(
                 request_id=batch.request_id, model=batch.model, model_family=batch.model_family,
                 flagged=item.flagged, action=item.action, results=item.results, matches=item.matches or [],
-                hashes=item.hashes, cached=bool(item.cached), timing=item.timing,
+                hashes=item.hashes, cached=bool(item.cached), faces=item.faces, policies=item.policies or [],
+                timing=item.timing,
             ))
     return out
 

@@ -17,13 +17,16 @@ from ray import serve
 from banks.hashes import PDQ_MAX_SIDE
 from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
+from classifiers.face_attributes import FACE_CROP_ATTRIBUTES
+from classifiers.faces import FaceFinder, FacesOfFirstFrame, load_detector
 from classifiers.fingerprint import fingerprint
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import CUSTOM_NAME, LabelSet, custom_label_set
 from classifiers.model import load_clip
 from classifiers.preprocess import decode_frames, prepare_array
+from classifiers.policies import evaluate
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
-from classifiers.results import Classification
+from classifiers.results import Classification, Face
 from classifiers.scoring import score
 from classifiers.trained import HeadSet
 from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, worker_thread
@@ -52,6 +55,14 @@ def _torch_threads(requested: int | None) -> int:
     return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
+def _face_finder(settings: ModelSettings) -> FaceFinder | None:
+    faces = settings.faces
+    if not faces.enabled:
+        return None
+    return FaceFinder(load_detector(faces.detector), faces.detect_max_side, faces.min_face_px,
+                      faces.max_faces, faces.min_confidence)
+
+
 def _load_temperatures(settings: ModelSettings) -> dict[str, float]:
     """Per-classifier temperatures from ``settings.calibration`` (none: no file)."""
     if not settings.calibration:
@@ -76,6 +87,7 @@ class _Plan:
     heads: tuple[Head, ...]  # built-ins and the custom head (if any): scored from the logits
     trained: HeadSet
     custom: bool
+    faces: bool  # find faces and score each one's crop
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
@@ -100,6 +112,9 @@ class ClipModel:
         )
         self.encoder = self.forward.encoder
         self.heads = self.forward.run_sync(self._builtin_heads)
+        self.faces = _face_finder(settings)
+        self.face_head = (self.forward.run_sync(build_head, FACE_CROP_ATTRIBUTES, self.encoder.encode_text)
+                          if self.faces is not None else None)
         # Trained heads must fit this model: the model's fingerprint is checked against each.
         probes = self.forward.run_sync(fingerprint, self.encoder)
         self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
@@ -192,7 +207,8 @@ class ClipModel:
         if labels:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
-        return _Plan(tuple(names), tuple(heads), trained, bool(labels))
+        faces = self.faces is not None and "face_attributes" in names
+        return _Plan(tuple(names), tuple(heads), trained, bool(labels), faces)
 
     async def _classify(
         self,
@@ -211,23 +227,30 @@ class ClipModel:
         try:
             sha256 = await _sha256(image)
             seen = self.known.recall(sha256)
+            if seen is not None and plan.faces and seen.faces is None:
+                seen = None  # cached by a request that did not look for faces
             if seen is not None:  # seen recently: its embedding is scored with today's heads
                 self.metrics.cache_hits.inc()
                 # Matching waits while the poller swaps in a large bank change: never on the event loop.
                 matches = await asyncio.to_thread(self.known.match, seen.hashes)
-                embedding, hashes, batch = seen.embedding, seen.hashes, 0
+                embedding, hashes, faces_seen, batch = seen.embedding, seen.hashes, seen.faces, 0
                 decoded = done = time.perf_counter()
             else:
-                frames, hashes, matches = await self._decode(image, sha256)
+                frames, hashes, matches, found, crops = await self._decode(image, sha256, plan.faces)
                 decoded = time.perf_counter()
                 # The wait limit counts from here: the decode pool's queue is bounded by what the
                 # ingress admits, and a large multi-image request must not shed its own tail.
                 give_up_at = decoded + wait_limit_s if wait_limit_s else float("inf")
                 self.metrics.decode_ms.observe((decoded - start) * 1000)
-                embedded = await asyncio.gather(*(self._embed_when_free(frame, give_up_at) for frame in frames))
-                embedding = np.stack([e for e, _ in embedded])
+                # Face crops join the same batches as whole images: a crowd is one or two forward
+                # passes, not one per face.
+                embedded = await asyncio.gather(*(self._embed_when_free(pixels, give_up_at)
+                                                  for pixels in (*frames, *crops)))
+                embedding = np.stack([e for e, _ in embedded[:len(frames)]])
+                faces_seen = (tuple(zip(found, (e for e, _ in embedded[len(frames):]))) if found is not None
+                              else None)
                 batch = max(size for _, size in embedded)
-                self.known.remember(sha256, Seen(embedding, hashes))
+                self.known.remember(sha256, Seen(embedding, hashes, faces_seen))
                 done = time.perf_counter()
         except asyncio.CancelledError:
             # The caller went away (Serve cancels a request whose HTTP client disconnected, and
@@ -242,35 +265,59 @@ class ClipModel:
                                               self.temperatures.get(head.label_set.name, 1.0))
                    for head in heads}
         results.update(trained.stack.score([n for n in names if n in trained.heads], embedding, thresholds))
+        ordered = tuple(results[name] for name in (*names, *([CUSTOM_NAME] if plan.custom else [])))
+        faces = self._face_results(faces_seen) if plan.faces else None
         return Classification(
             model=self.encoder.name,
             model_family=self.encoder.family.name,
-            results=tuple(results[name] for name in (*names, *([CUSTOM_NAME] if plan.custom else []))),
+            results=ordered,
             decode_ms=round((decoded - start) * 1000, 2),
             inference_ms=round((done - decoded) * 1000, 2),
             batch_size=batch,
             hashes=hashes,
             matches=matches,
             cached=seen is not None,
+            faces=faces,
+            policies=evaluate(self.runtime.policies, ordered, faces),
         )
 
-    async def _decode(self, image: bytes | np.ndarray, sha256: str):
-        """Frames for the model, the image's hashes and its bank matches (all on a decode thread)."""
-        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._decode_sync, image, sha256)
+    def _face_results(self, faces_seen) -> tuple[Face, ...]:
+        """Each face's attributes, scored on its crop's embedding with the face head."""
+        rule = self.encoder.logits
+        return tuple(Face(box.box, box.confidence, score(self.face_head, embedding, rule).scores)
+                     for box, embedding in faces_seen or ())
 
-    def _decode_sync(self, image: bytes | np.ndarray, sha256: str):
+    async def _decode(self, image: bytes | np.ndarray, sha256: str, faces: bool):
+        """Frames for the model, the image's hashes, its bank matches, and (with ``faces``) the
+        faces found and their crops (all on a decode thread)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._decode_sync, image, sha256, faces)
+
+    def _decode_sync(self, image: bytes | np.ndarray, sha256: str, faces: bool):
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
         known = self.settings.known_images
         pdq = PdqOfFirstFrame(known.pdq_turned) if known.pdq else None
+        finder = FacesOfFirstFrame(self.faces, spec, self.settings.faces.crop_margin) if faces else None
+        hooks = [hook for hook in (pdq, finder) if hook is not None]
+
+        def first_frame(frame: Image.Image, full_size: tuple[int, int]) -> None:
+            for hook in hooks:
+                hook(frame, full_size)
+
         if isinstance(image, np.ndarray):
             frames = prepare_array(image, spec, max_pixels)
-            if pdq is not None:
-                pdq(Image.fromarray(image))
+            if hooks:
+                upright = Image.fromarray(image).convert("RGB")
+                first_frame(upright, upright.size)
         else:
+            # A JPEG is draft-decoded no smaller than what PDQ and the face detector look at.
+            at_least = max(PDQ_MAX_SIDE if pdq is not None else 0,
+                           self.settings.faces.detect_max_side if finder is not None else 0)
             frames = decode_frames(image, spec, max_pixels, self.settings.jpeg_draft, self.settings.max_frames,
-                                   pdq, PDQ_MAX_SIDE if pdq is not None else 0)
+                                   first_frame if hooks else None, at_least)
         hashes = self.known.hashes(sha256, pdq.pdq if pdq is not None else None)
-        return frames, hashes, self.known.match(hashes)
+        found = finder.faces if finder is not None else None
+        return frames, hashes, self.known.match(hashes), found, finder.crops if finder is not None else []
 
     # reconfigure() sets the size and the wait; a batch per forward lane runs at once.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=MAX_LANES)

@@ -33,10 +33,12 @@ logger = logging.getLogger("ray.serve")
 
 @dataclass(frozen=True)
 class Seen:
-    """A cached image: its embedding (frames x dim) and its hashes."""
+    """A cached image: its embedding (frames x dim), its hashes and, when they were looked
+    for, its faces with each crop's embedding."""
 
     embedding: np.ndarray
     hashes: ImageHashes
+    faces: tuple | None = None  # ((FaceBox, embedding), ...)
 
 
 def content_sha256(image: bytes | np.ndarray) -> str:
@@ -56,7 +58,7 @@ class PdqOfFirstFrame:
         self.turned = turned
         self.pdq: tuple[str, int, tuple[str, ...]] | None = None
 
-    def __call__(self, frame: Image.Image) -> None:
+    def __call__(self, frame: Image.Image, full_size: tuple[int, int] | None = None) -> None:
         if self.turned:
             hashes, quality = pdq_dihedral(frame)
             self.pdq = (hashes[0], quality, hashes[1:])

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from classifiers.faces import DETECTORS
+from classifiers.labels import CUSTOM_NAME
 from classifiers.model import DEFAULT_MODEL
+from classifiers.policies import Policy, check_policies
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.schemas import MAX_BATCH_IMAGES
 from classifiers.trained import NAME_PATTERN
@@ -61,6 +64,21 @@ class RuntimeConfig(_Strict):
         None, description="Any value (kept as text); a new one makes every model replica read "
         "`heads_dir` again at once (without it they notice changes within `heads_poll_s`).",
     )
+
+    policies: tuple[Policy, ...] = Field(
+        (), description="Rules that combine classifiers and faces, e.g. block when a face is a "
+        "minor and nudity is flagged (see docs/faces.md); each holds when all its `when` "
+        "conditions do, and adds its `action` (`block` flags, `review` asks for a person).",
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, value: tuple[Policy, ...]) -> tuple[Policy, ...]:
+        named = {c.classifier for p in value for c in p.when if c.classifier is not None}
+        # Trained heads come and go with heads_dir: any name a head could have is accepted.
+        check_policies(value, set(BUILTIN_CLASSIFIERS) | {CUSTOM_NAME}
+                       | {n for n in named if NAME_PATTERN.fullmatch(n)})
+        return value
 
     @field_validator("heads_version", mode="before")
     @classmethod
@@ -123,6 +141,42 @@ class KnownImagesSettings(_Strict):
         return value
 
 
+class FacesSettings(_Strict):
+    """Face detection and per-face attributes (``faces`` in a response), run for requests that
+    ask for ``face_attributes`` (the default set does)."""
+
+    enabled: bool = Field(True, description="Find faces; false: `faces` is never in an answer.")
+    detector: str = Field(
+        "haar", description="`haar` (OpenCV's frontal-face cascade, always installed) or "
+        "`yunet` (libfacedetection's YuNet, faster and better on turned faces; needs "
+        "`pip install 'clip-moderation[yunet]'`, Python <= 3.11).",
+    )
+    max_faces: int = Field(10, ge=1, le=100, description="At most this many faces (the largest) per image.")
+    min_face_px: int = Field(
+        32, ge=8, le=4096, description="Smallest face reported, in the original image's pixels (each side).",
+    )
+    detect_max_side: int = Field(
+        512, ge=128, le=4096, description="Detection runs on a copy of the image scaled to at most this many "
+        "pixels on its longer side: cost grows with its square; a face smaller than "
+        "`min_face_px` or than ~20 px at this scale is not found.",
+    )
+    min_confidence: float = Field(
+        0.5, ge=0.0, le=1.0, description="Faces below this detector confidence are dropped (Haar: 0.5 = 7 agreeing "
+        "windows; on YuNet 0.8 drops the look-alikes it sees in textures, docs/faces.md).",
+    )
+    crop_margin: float = Field(
+        0.25, ge=0.0, le=1.0, description="Added around a face (a share of its size, each side) "
+        "for the crop CLIP scores its attributes on.",
+    )
+
+    @field_validator("detector")
+    @classmethod
+    def _detector(cls, value: str) -> str:
+        if value not in DETECTORS:
+            raise ValueError(f"faces.detector must be one of {', '.join(DETECTORS)}")
+        return value
+
+
 class ModelSettings(_Strict):
     """How the ``ClipModel`` replicas load and run the checkpoint."""
 
@@ -169,6 +223,7 @@ class ModelSettings(_Strict):
         "(per-classifier temperatures); every model replica must be able to read it.",
     )
     known_images: KnownImagesSettings = KnownImagesSettings()
+    faces: FacesSettings = FacesSettings()
 
 
 class ApiKey(_Strict):
