@@ -100,7 +100,7 @@ def test_each_deployment_gets_only_its_slice():
     assert args.model_settings().model == "/m"
     assert args.runtime_config().model_dump() == {
         "max_batch_size": 8, "batch_wait_timeout_s": 0.0, "thresholds": {"gore": 0.7},
-        "heads_version": None}
+        "heads_version": None, "policies": ()}
     assert args.ingress_settings().max_upload_bytes == 5
 
 

@@ -110,7 +110,7 @@ def test_batch_response_keeps_order_ids_and_per_image_errors():
     assert response["model"] == "m" and response["flagged"] is True and response["errors"] == 1
     first, second = response["items"]
     assert first == {"index": 0, "id": "x", "flagged": None, "action": None, "results": None, "matches": None,
-                     "hashes": None, "cached": None, "timing": None,
+                     "hashes": None, "cached": None, "faces": None, "policies": None, "timing": None,
                      "error": {"code": "image_decode_error", "message": "cannot decode", "status": 422}}
     assert second["index"] == 1 and second["results"]["gore"]["flagged"] is True
     assert second["timing"] == {"total_ms": 10.0, "decode_ms": 2.0, "inference_ms": 8.0, "batch_size": 3}
