@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let chosenFile = null;
+let shownFaces = 0;  // bumped on each new preview or answer: a late image load draws only the latest faces
 
 function setStatus(text, isError = false) {
   const status = $("status");
@@ -16,11 +17,18 @@ async function readJson(response) {
   catch { return { error: { code: `http_${response.status}`, message: response.statusText || "not JSON" } }; }
 }
 
+function clearFaceBoxes() {
+  shownFaces += 1;
+  $("face-boxes").replaceChildren();
+}
+
 function clearPreview() {
   const img = $("preview");
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  clearFaceBoxes();
   img.removeAttribute("src");
   img.hidden = true;
+  $("preview-wrap").hidden = true;
   $("drop-text").textContent = "Drop an image here, or";
 }
 
@@ -31,9 +39,11 @@ function isHttpUrl(text) {
 function showPreview(src) {
   const img = $("preview");
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  clearFaceBoxes();
   img.src = src;
   img.alt = "The image that will be classified";
   img.hidden = false;
+  $("preview-wrap").hidden = false;
   $("drop-text").textContent = "Drop another image, or";
 }
 
@@ -107,6 +117,78 @@ function card(result) {
   return el;
 }
 
+// Face boxes over the preview, as percentages of the image's natural size: they follow the
+// preview when the page is resized. The service's boxes are in the upright image's pixels (EXIF
+// orientation applied), which is what naturalWidth/naturalHeight report with the default
+// `image-orientation: from-image`.
+function drawFaceBoxes(faces) {
+  clearFaceBoxes();
+  const token = shownFaces;
+  const img = $("preview");
+  const draw = () => {
+    if (token !== shownFaces || !img.naturalWidth || !img.naturalHeight) return;
+    const w = img.naturalWidth, h = img.naturalHeight;
+    const pct = (v, of) => `${Math.min(100, Math.max(0, (v / of) * 100)).toFixed(3)}%`;
+    $("face-boxes").replaceChildren(...faces.map((face, i) => {
+      const [x, y, bw, bh] = face.box;
+      const box = Object.assign(document.createElement("div"), { className: "face-box" });
+      Object.assign(box.style, { left: pct(x, w), top: pct(y, h), width: pct(bw, w), height: pct(bh, h) });
+      box.dataset.face = String(i + 1);
+      box.title = `Face ${i + 1}: confidence ${face.confidence.toFixed(3)}`;
+      box.append(Object.assign(document.createElement("span"), { className: "face-num", textContent: String(i + 1) }));
+      return box;
+    }));
+  };
+  if (!faces.length || img.hidden) return;
+  if (img.complete && img.naturalWidth) draw();
+  else img.addEventListener("load", draw, { once: true });
+}
+
+function facesCard(faces) {
+  // Each face the service found (largest first): its number on the preview, box, confidence, attributes.
+  const el = document.createElement("article");
+  el.className = "card faces";
+  const title = document.createElement("h3");
+  const badge = Object.assign(document.createElement("span"), {
+    className: "badge neutral",
+    textContent: faces.length === 1 ? "1 face" : `${faces.length} faces`,
+  });
+  title.append(document.createTextNode("faces"), badge);
+  el.append(title);
+  if (!faces.length) {
+    el.append(Object.assign(document.createElement("p"), { className: "verdict", textContent: "No faces found" }));
+    return el;
+  }
+  faces.forEach((face, i) => {
+    const section = document.createElement("section");
+    section.className = "face";
+    section.dataset.face = String(i + 1);
+    const heading = Object.assign(document.createElement("h4"), { textContent: `Face ${i + 1}` });
+    const [x, y, w, h] = face.box;
+    const verdict = Object.assign(document.createElement("p"), {
+      className: "verdict",
+      textContent: `box x ${x}, y ${y}, ${w}×${h} px · confidence ${face.confidence.toFixed(3)}`,
+    });
+    const list = document.createElement("div");
+    list.setAttribute("role", "list");
+    Object.entries(face.attributes || {})
+      .forEach(([name, score]) => list.append(bar(name.replaceAll("_", " "), score, false)));
+    section.append(heading, verdict, list);
+    el.append(section);
+  });
+  return el;
+}
+
+function actionText(body) {
+  // Where the action came from: a hash bank and/or the configured policies that held.
+  const parts = [];
+  const policies = body.policies || [];
+  if (body.action && (body.matches || []).some((m) => m.action === body.action)) parts.push(`hash bank: ${body.action}`);
+  policies.forEach((p) => parts.push(`policy ${p.name}: ${p.action}`));
+  if (body.action && !parts.length) parts.push(`action: ${body.action}`);
+  return parts.length ? ` (${parts.join("; ")})` : "";
+}
+
 function matchesCard(body) {
   // The hash-bank entries the image matched (docs/banks.md): the bank, its action, how near.
   const el = document.createElement("article");
@@ -155,6 +237,7 @@ async function classify(event) {
   $("submit").setAttribute("aria-busy", "true");
   setStatus("Classifying…");
   $("results").replaceChildren();
+  clearFaceBoxes();
   try {
     const response = await fetch("/v1/classify", request);
     const body = await readJson(response);
@@ -164,9 +247,11 @@ async function classify(event) {
       return;
     }
     const cards = Object.values(body.results).map(card);
+    if (Array.isArray(body.faces)) cards.unshift(facesCard(body.faces));
     if (body.matches && body.matches.length) cards.unshift(matchesCard(body));
     $("results").replaceChildren(...cards);
-    setStatus(`${body.flagged ? "Flagged" : "Not flagged"}` + (body.action ? ` (hash bank: ${body.action})` : "") +
+    if (Array.isArray(body.faces)) drawFaceBoxes(body.faces);
+    setStatus(`${body.flagged ? "Flagged" : "Not flagged"}` + actionText(body) +
               ` · model ${body.model} · ${body.timing.total_ms.toFixed(0)} ms ` +
               (body.cached ? "(seen recently: from the cache)" : `(inference ${body.timing.inference_ms.toFixed(0)} ms)`));
   } catch (err) {

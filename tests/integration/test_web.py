@@ -1,5 +1,6 @@
 """The try-it page in real headless Chromium (Debian's package, driven by Playwright)."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -87,7 +88,65 @@ def test_custom_labels_add_a_custom_card(page, photo):
     page.wait_for_selector("article.card[data-classifier=custom]")
     custom = page.locator("article.card[data-classifier=custom]")
     assert sorted(custom.locator(".bar .label").all_inner_texts()) == ["a cat", "a dog", "a red car"]
-    assert page.locator("article.card").count() == 5  # four built-ins and the custom labels
+    assert page.locator("article.card[data-classifier]").count() == 5  # four built-ins and the custom labels
+    # face_attributes was asked for: the faces card is there, and this generated image has none
+    assert "No faces found" in page.locator("article.card.faces").inner_text()
+    assert page.locator("#face-boxes .face-box").count() == 0
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory) -> Path:
+    """A real face: scikit-image's astronaut (512x512); OpenCV's Haar cascade finds one at ~[174, 66, 98, 98]."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("web") / "astronaut.jpg"
+    Image.fromarray(data.astronaut()).save(path, quality=92)
+    return path
+
+
+def test_a_face_is_boxed_on_the_preview_and_listed_in_a_faces_card(page, astronaut, photo):
+    assert page.locator("input[value=face_attributes]").is_checked()  # every built-in, as on load
+    page.set_input_files("#file", str(astronaut))
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)
+    page.click("#submit")
+    page.wait_for_selector("article.card.faces")
+    page.wait_for_selector("#face-boxes .face-box")
+    faces = page.locator("article.card.faces")
+    text = faces.inner_text()
+    assert "1 face" in faces.locator(".badge").inner_text()
+    assert "Face 1" in text and "confidence" in text and "No faces found" not in text
+    labels = faces.locator(".bar .label").all_inner_texts()
+    assert sorted(labels) == ["facial hair", "glasses", "minor", "smiling"]
+    for value in faces.locator(".bar .value").all_inner_texts():
+        assert 0 <= float(value) <= 1
+    x, y, w, h = (int(v) for v in re.findall(r"\d+", text.split("box", 1)[1])[:4])
+    assert abs(x - 174) <= 8 and abs(y - 66) <= 8 and abs(w - 98) <= 10 and abs(h - 98) <= 10
+
+    boxes = page.locator("#face-boxes .face-box")
+    assert boxes.count() == 1 and boxes.nth(0).inner_text() == "1"
+    style = boxes.nth(0).evaluate("b => [b.style.left, b.style.top, b.style.width, b.style.height]")
+    left, top, width, height = (float(v.rstrip("%")) for v in style)
+    assert abs(left - 174 / 512 * 100) < 3 and abs(top - 66 / 512 * 100) < 3
+    assert abs(width - 98 / 512 * 100) < 3 and abs(height - 98 / 512 * 100) < 3
+
+    def drawn_where():  # the box's place on the shown preview, as shares of the preview's size
+        img, box = page.locator("#preview").bounding_box(), boxes.nth(0).bounding_box()
+        return ((box["x"] - img["x"]) / img["width"], (box["y"] - img["y"]) / img["height"],
+                box["width"] / img["width"], img)
+
+    for viewport in ({"width": 1100, "height": 900}, {"width": 390, "height": 844}):
+        page.set_viewport_size(viewport)  # the box follows the preview when the page is resized
+        page.wait_for_timeout(100)
+        fx, fy, fw, img = drawn_where()
+        assert img["width"] > 50
+        assert abs(fx - 174 / 512) < 0.03 and abs(fy - 66 / 512) < 0.03 and abs(fw - 98 / 512) < 0.03, viewport
+    page.set_viewport_size({"width": 1100, "height": 900})
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-ui-faces.png"), full_page=True)
+
+    page.set_input_files("#file", str(photo))  # another image takes the old boxes away
+    page.wait_for_selector("#face-boxes .face-box", state="detached", timeout=5_000)
 
 
 def test_a_known_image_shows_the_bank_it_matched(page, base_url, tmp_path):
@@ -145,6 +204,22 @@ def test_keyboard_reaches_the_file_chooser_and_page_fits_a_phone(page, browser, 
     phone.wait_for_selector("input[name=classifier]")
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     phone.close()
+
+
+def test_policies_that_held_are_in_the_status_line(page, base_url, tiny_clip_dir, astronaut):
+    """Redeploys the app with two policies that hold for any face (the next test redeploys again)."""
+    from classifiers.policies import Policy
+
+    policies = (Policy(name="face_seen", action="review", when=[{"min_faces": 1}]),
+                Policy(name="face_blocked", action="block", when=[{"min_faces": 1}]))
+    serve.run(build_app(AppArgs(model=tiny_clip_dir, policies=policies)), name="moderation", route_prefix="/")
+    page.set_input_files("#file", str(astronaut))
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)
+    page.click("#submit")
+    page.wait_for_selector("article.card.faces")
+    status = page.locator("#status").inner_text()
+    assert status.startswith("Flagged (policy face_seen: review; policy face_blocked: block)"), status
+    assert "hash bank" not in status
 
 
 def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, base_url, tiny_clip_dir, photo):
