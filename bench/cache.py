@@ -23,10 +23,13 @@ from bench.run import free_port, stop, wait_until_up
 from deployments.serve_env import HAPROXY_CONFIG, stop_leftover_haproxy
 
 
-def measure(model: str, work: Path, name: str, known_images: dict, concurrency: int, requests: int) -> dict:
+def measure(model: str, work: Path, name: str, known_images: dict, concurrency: int, requests: int,
+            images: list[bytes] | None = None, overrides: dict | None = None) -> dict:
+    """One service with these ``known_images`` settings (and other ``args`` ``overrides``),
+    loaded with ``images`` in rotation (default: one repeated 1024x768 JPEG)."""
     port = free_port()
     config = work / f"serve_config-{name}.yaml"
-    write_config(model, port, config, {"known_images": known_images})
+    write_config(model, port, config, {"known_images": known_images, **(overrides or {})})
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env.setdefault("MODERATION_BANKS_URL", f"sqlite:///{work}/banks.db")
     haproxy = work / f"haproxy-{name}"
@@ -37,8 +40,8 @@ def measure(model: str, work: Path, name: str, known_images: dict, concurrency: 
                                    start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz")
-        image = [jpeg(1024, 768, seed=7, quality=90)]
-        result = run_load(f"http://127.0.0.1:{port}/v1/classify", image, concurrency, requests,
+        images = images or [jpeg(1024, 768, seed=7, quality=90)]
+        result = run_load(f"http://127.0.0.1:{port}/v1/classify", images, concurrency, requests,
                           warmup=min(requests, 4 * concurrency))
     finally:
         print(f"service {stop(service)}", file=sys.stderr)

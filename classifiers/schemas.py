@@ -320,11 +320,22 @@ class ModelInfo(BaseModel):
     engine: str = Field("torch", description="What runs the image tower: `torch` or `openvino`.")
 
 
+class FacesInfo(BaseModel):
+    """How faces are found and what is said of each (``faces`` in a classify answer)."""
+
+    detector: str = Field(description="`yunet` or `haar` (docs/faces.md).")
+    attributes: list[str]
+    prompts: dict[str, list[str]] = Field(description="Each attribute's prompts (its negation's are left out).")
+    max_faces: int
+    min_face_px: int
+
+
 class ClassifiersResponse(BaseModel):
     model: str
     model_info: ModelInfo | None = None
     classifiers: list[ClassifierInfo]
     heads: HeadsStatus | None = None
+    faces: FacesInfo | None = Field(None, description="Null when the service does not look for faces.")
 
 
 class HealthResponse(BaseModel):

@@ -125,9 +125,10 @@ class ClipModel:
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
-        logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s (%s: %s)", settings.model,
-                    self.encoder.dtype, self.forward.layout, self.forward.engine,
-                    f"engine {settings.engine}", self.forward.engine_reason)
+        logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s (%s: %s), faces: %s",
+                    settings.model, self.encoder.dtype, self.forward.layout, self.forward.engine,
+                    f"engine {settings.engine}", self.forward.engine_reason,
+                    self.faces.detector.name if self.faces is not None else "off")
 
     def _builtin_heads(self) -> dict[str, Head]:
         return {
@@ -383,6 +384,12 @@ class ClipModel:
             ] + [{**head.summary(), "threshold": self.runtime.thresholds.get(name, head.label_set.threshold)}
                  for name, head in sorted(self.trained.current.heads.items())],
             "heads": self.trained.status(),
+            "faces": None if self.faces is None else {
+                "detector": self.faces.detector.name,
+                "attributes": list(FACE_CROP_ATTRIBUTES.label_names),
+                "prompts": {label.name: list(label.prompts) for label in FACE_CROP_ATTRIBUTES.labels},
+                "max_faces": self.faces.max_faces, "min_face_px": self.faces.min_face_px,
+            },
         }
 
     def health(self) -> dict:
@@ -394,4 +401,5 @@ class ClipModel:
             "custom_heads_cached": len(self.custom_heads),
             "heads_version": self.trained.current.version,
             "banks": self.known.status(),
+            "faces": self.faces.detector.name if self.faces is not None else None,
         }

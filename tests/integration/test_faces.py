@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -101,6 +100,14 @@ def test_a_crowd_is_scored_in_one_batch_not_one_pass_a_face(service):
 def test_faces_only_when_face_attributes_is_asked_for(service):
     assert service.classify(jpeg(astronaut()), classifiers=["nudity"]).faces is None
     assert service.classify(jpeg(astronaut()), classifiers=["face_attributes"]).faces is not None
+
+
+def test_the_catalog_says_how_faces_are_found(service):
+    from importlib.util import find_spec
+
+    info = service.classifiers().faces
+    assert info.detector == ("yunet" if find_spec("yuface") else "haar")
+    assert set(info.attributes) == ATTRIBUTES and info.min_face_px == 24
 
 
 def test_no_faces_is_an_empty_list(service):
