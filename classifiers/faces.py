@@ -185,8 +185,8 @@ class FacesOfFirstFrame:
     """``decode_frames``'s ``first_frame`` hook: finds the faces and cuts each one's crop, in
     the model's input shape, from the frame as decoded (the best pixels there are)."""
 
-    def __init__(self, finder: FaceFinder, spec, margin: float = 0.25) -> None:
-        self.finder, self.spec, self.margin = finder, spec, margin
+    def __init__(self, finder: FaceFinder, spec, margin: float = 0.25, crops: bool = True) -> None:
+        self.finder, self.spec, self.margin, self.want_crops = finder, spec, margin, crops
         self.faces: list[FaceBox] = []
         self.crops: list[np.ndarray] = []
 
@@ -194,4 +194,5 @@ class FacesOfFirstFrame:
         from classifiers.preprocess import fit_image
 
         self.faces = self.finder.find(frame, full_size)
-        self.crops = [fit_image(face_crop(frame, face, full_size, self.margin), self.spec) for face in self.faces]
+        if self.want_crops:
+            self.crops = [fit_image(face_crop(frame, face, full_size, self.margin), self.spec) for face in self.faces]

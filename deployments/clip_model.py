@@ -114,7 +114,7 @@ class ClipModel:
         self.heads = self.forward.run_sync(self._builtin_heads)
         self.faces = _face_finder(settings)
         self.face_head = (self.forward.run_sync(build_head, FACE_CROP_ATTRIBUTES, self.encoder.encode_text)
-                          if self.faces is not None else None)
+                          if self.faces is not None and settings.faces.attributes else None)
         # Trained heads must fit this model: the model's fingerprint is checked against each.
         probes = self.forward.run_sync(fingerprint, self.encoder)
         self.trained = HeadRegistry(settings.heads_dir, probes, settings.model,
@@ -248,8 +248,8 @@ class ClipModel:
                 embedded = await asyncio.gather(*(self._embed_when_free(pixels, give_up_at)
                                                   for pixels in (*frames, *crops)))
                 embedding = np.stack([e for e, _ in embedded[:len(frames)]])
-                faces_seen = (tuple(zip(found, (e for e, _ in embedded[len(frames):]))) if found is not None
-                              else None)
+                face_embeddings = [e for e, _ in embedded[len(frames):]] or [None] * len(found or ())
+                faces_seen = tuple(zip(found, face_embeddings)) if found is not None else None
                 batch = max(size for _, size in embedded)
                 self.known.remember(sha256, Seen(embedding, hashes, faces_seen))
                 done = time.perf_counter()
@@ -285,7 +285,8 @@ class ClipModel:
     def _face_results(self, faces_seen) -> tuple[Face, ...]:
         """Each face's attributes, scored on its crop's embedding with the face head."""
         rule = self.encoder.logits
-        return tuple(Face(box.box, box.confidence, score(self.face_head, embedding, rule).scores)
+        return tuple(Face(box.box, box.confidence,
+                          score(self.face_head, embedding, rule).scores if embedding is not None else {})
                      for box, embedding in faces_seen or ())
 
     async def _decode(self, image: bytes | np.ndarray, sha256: str, faces: bool):
@@ -298,7 +299,8 @@ class ClipModel:
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
         known = self.settings.known_images
         pdq = PdqOfFirstFrame(known.pdq_turned) if known.pdq else None
-        finder = FacesOfFirstFrame(self.faces, spec, self.settings.faces.crop_margin) if faces else None
+        finder = (FacesOfFirstFrame(self.faces, spec, self.settings.faces.crop_margin, self.settings.faces.attributes)
+                  if faces else None)
         hooks = [hook for hook in (pdq, finder) if hook is not None]
 
         def first_frame(frame: Image.Image, full_size: tuple[int, int]) -> None:
@@ -386,7 +388,7 @@ class ClipModel:
             "heads": self.trained.status(),
             "faces": None if self.faces is None else {
                 "detector": self.faces.detector.name,
-                "attributes": list(FACE_CROP_ATTRIBUTES.label_names),
+                "attributes": list(FACE_CROP_ATTRIBUTES.label_names) if self.face_head is not None else [],
                 "prompts": {label.name: list(label.prompts) for label in FACE_CROP_ATTRIBUTES.labels},
                 "max_faces": self.faces.max_faces, "min_face_px": self.faces.min_face_px,
             },

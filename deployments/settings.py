@@ -164,6 +164,10 @@ class FacesSettings(_Strict):
         0.5, ge=0.0, le=1.0, description="Faces below this detector confidence are dropped (YuNet's own "
         "score; Haar: 0.5 = 7 agreeing windows).",
     )
+    attributes: bool = Field(
+        True, description="Score each face's crop with CLIP (one more image in the model's batches per "
+        "face); false: boxes only, for blurring or counting, at the detector's cost alone.",
+    )
     crop_margin: float = Field(
         0.25, ge=0.0, le=1.0, description="Added around a face (a share of its size, each side) "
         "for the crop CLIP scores its attributes on.",

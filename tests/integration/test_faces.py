@@ -55,14 +55,22 @@ def crowd(count: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def service(tiny_clip_dir):
-    args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, max_batch_size=16, dtype="float32",
+def port(tiny_clip_dir):
+    with serve_on_loopback() as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def service(tiny_clip_dir, port):
+    deploy_apps(port, app_config(service_args(tiny_clip_dir)))
+    with ModerationClient(f"http://127.0.0.1:{port}") as client:
+        yield client
+
+
+def service_args(tiny_clip_dir: str) -> AppArgs:
+    return AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, max_batch_size=16, dtype="float32",
                    engine="torch", faces=FacesSettings(min_face_px=24), policies=POLICIES,
                    known_images=KnownImagesSettings(cache_size=100))
-    with serve_on_loopback() as port:
-        deploy_apps(port, app_config(args))
-        with ModerationClient(f"http://127.0.0.1:{port}") as client:
-            yield client
 
 
 @pytest.mark.parametrize("orientation, stored", [(1, None), (6, Image.Transpose.ROTATE_90),
@@ -140,3 +148,18 @@ def test_batch_route_items_carry_faces(service):
 
     items = service.classify_batch([jpeg(astronaut()), jpeg(Image.fromarray(data.coffee())), b"not an image"])
     assert len(items[0].faces) == 1 and items[1].faces == [] and isinstance(items[2], Exception)
+
+
+def test_boxes_only_skips_the_crops(service, port, tiny_clip_dir):
+    """``faces.attributes: false``: boxes for blurring or counting, no forward pass per face
+    (the whole image rides alone). Deployed as a second application beside the first."""
+    args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, dtype="float32", engine="torch",
+                   faces=FacesSettings(min_face_px=24, attributes=False), known_images=KnownImagesSettings(cache_size=0))
+    # Declarative, as `serve deploy`: the first application stays as it is.
+    deploy_apps(port, app_config(service_args(tiny_clip_dir)), app_config(args, name="boxes", route_prefix="/boxes"))
+    with ModerationClient(f"http://127.0.0.1:{port}/boxes") as boxes:
+        answer = boxes.classify(jpeg(crowd(3)), classifiers=["face_attributes"])
+        assert len(answer.faces) == 3 and all(face.attributes == {} for face in answer.faces)
+        assert answer.timing.batch_size == 1
+        assert boxes.classifiers().faces.attributes == []
+    assert service.classify(jpeg(crowd(2)), classifiers=["face_attributes"]).faces[0].attributes

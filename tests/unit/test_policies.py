@@ -97,3 +97,12 @@ def classification(flagged: bool, banks: tuple[str, ...] = (), hits: tuple[str, 
 def test_policy_actions_meet_bank_actions(flagged, banks, hits, action, decision):
     c = classification(flagged, banks, hits)
     assert (c.action, c.flagged) == (action, decision)
+
+
+def test_policies_change_through_user_config_as_the_replica_lays_it_over_args():
+    """``ClipModel.reconfigure`` validates ``{**args, **user_config}``: policies round-trip."""
+    base = AppArgs.model_validate({"policies": [MINOR_AND_NUDITY]}).runtime_config()
+    changed = RuntimeConfig.model_validate({**base.model_dump(), "policies": [
+        {"name": "crowd", "action": "review", "when": [{"min_faces": 5}]}]})
+    assert [p.name for p in changed.policies] == ["crowd"]
+    assert RuntimeConfig.model_validate(base.model_dump()).policies == base.policies
