@@ -66,7 +66,9 @@ def deploy(model: str, port: int, threads: int, overrides: dict | None = None) -
     app = {
         "name": "moderation", "route_prefix": "/", "import_path": "deployments.app:build_app",
         # one image sent over and over: the result cache would answer it, so it is off unless asked for
-        "args": {"model": model, "torch_threads": threads, "known_images": {"cache_size": 0}, **(overrides or {})},
+        # faces off too (bench.faces measures them): the budget compares with earlier runs
+        "args": {"model": model, "torch_threads": threads, "known_images": {"cache_size": 0},
+                 "faces": {"enabled": False}, **(overrides or {})},
         "deployments": [{"name": "ClipModel", "num_replicas": 1,
                          "ray_actor_options": {"num_cpus": threads}}],
     }

@@ -42,8 +42,10 @@ def write_config(model: str, port: int, path: Path, args_overrides: dict, ingres
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
-    # the load sends a few images in rotation: the model path, not the result cache, unless asked for
-    app["args"].update(model=model, **{"known_images": {"cache_size": 0}, **args_overrides})
+    # the load sends a few images in rotation: the model path, not the result cache, unless asked
+    # for; faces off unless asked for (bench.faces measures them), so figures stay comparable
+    app["args"].update(model=model, **{"known_images": {"cache_size": 0}, "faces": {"enabled": False},
+                                       **args_overrides})
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)

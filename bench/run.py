@@ -134,8 +134,9 @@ def service_config(model: str, device: str, dtype: str, port: int, batch: int, t
     app = config["applications"][0]
     app["args"].update(model=model, device=device, dtype=dtype, max_batch_size=batch,
                        torch_threads=threads, forward_lanes=lanes, engine=engine,
-                       # the load sends a few images in rotation: measure the model path, not the cache
-                       known_images={"cache_size": 0})
+                       # the load sends a few images in rotation: measure the model path, not the cache;
+                       # faces off (bench.faces measures them), so figures compare with earlier runs
+                       known_images={"cache_size": 0}, faces={"enabled": False})
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)

@@ -50,8 +50,10 @@ def row_of(result: ManyResult) -> dict:
                 "results": None}
     response = result.response
     return {"source": str(result.source), "ok": True, "flagged": response.flagged, "error": None,
-            "request_id": response.request_id,
-            "results": {name: r.model_dump() for name, r in response.results.items()}}
+            "request_id": response.request_id, "action": response.action,
+            "results": {name: r.model_dump() for name, r in response.results.items()},
+            "faces": None if response.faces is None else [f.model_dump() for f in response.faces],
+            "policies": [p.name for p in response.policies]}
 
 
 def write_jsonl(rows: list[dict], out) -> None:
@@ -61,13 +63,15 @@ def write_jsonl(rows: list[dict], out) -> None:
 
 def write_csv(rows: list[dict], out) -> None:
     names = sorted({name for row in rows for name in (row["results"] or {})})
-    columns = ["source", "ok", "flagged", "error_code", "error_message"]
+    columns = ["source", "ok", "flagged", "action", "faces", "policies", "error_code", "error_message"]
     for name in names:
         columns += [f"{name}.top_label", f"{name}.top_score", f"{name}.unsafe_score", f"{name}.flagged"]
     writer = csv.DictWriter(out, columns)
     writer.writeheader()
     for row in rows:
-        flat = {"source": row["source"], "ok": row["ok"], "flagged": row["flagged"],
+        faces = row.get("faces")
+        flat = {"source": row["source"], "ok": row["ok"], "flagged": row["flagged"], "action": row.get("action") or "",
+                "faces": "" if faces is None else len(faces), "policies": " ".join(row.get("policies") or ()),
                 "error_code": (row["error"] or {}).get("code", ""),
                 "error_message": (row["error"] or {}).get("message", "")}
         for name, r in (row["results"] or {}).items():
@@ -88,10 +92,14 @@ def write_table(rows: list[dict], out) -> None:
                           escape(f"{row['error']['code']}: {row['error']['message']}"))
             continue
         verdict = "[red]FLAGGED[/]" if row["flagged"] else "[green]ok[/]"
+        if row.get("action"):
+            verdict += f" ({row['action']}" + "".join(f", {p}" for p in row.get("policies") or ()) + ")"
         tops = ", ".join(
             f"{name}: {r['top_label']} {r['top_score']:.2f}" + (" (flagged)" if r["flagged"] else "")
             for name, r in row["results"].items()
         )
+        if row.get("faces") is not None:
+            tops += f", faces: {len(row['faces'])}"
         table.add_row(escape(row["source"]), verdict, escape(tops))
     Console(file=out, soft_wrap=False).print(table)
 

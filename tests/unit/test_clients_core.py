@@ -64,3 +64,23 @@ def test_cli_usage_errors_exit_2_before_any_request(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     assert cli.main(["classify", str(tmp_path / "a.jpg"), "-o", str(tmp_path / "no/such/dir/out.csv"),
                      "--server", "http://127.0.0.1:9"]) == cli.EXIT_USAGE
+
+
+def test_cli_rows_carry_action_faces_and_policies():
+    from classifiers.schemas import ClassifyResponse
+
+    response = ClassifyResponse.model_validate({
+        "request_id": "r", "model": "m", "flagged": True, "action": "block", "results": {},
+        "faces": [{"box": [1, 2, 3, 4], "confidence": 0.9, "attributes": {"minor": 0.8}}],
+        "policies": [{"name": "minor_and_nudity", "action": "block"}],
+        "timing": {"total_ms": 1, "decode_ms": 1, "inference_ms": 1}})
+    row = cli.row_of(ManyResult(0, "a.jpg", response=response))
+    assert row["action"] == "block" and row["policies"] == ["minor_and_nudity"]
+    assert row["faces"] == [{"box": [1, 2, 3, 4], "confidence": 0.9, "attributes": {"minor": 0.8}}]
+    out = io.StringIO()
+    cli.write_csv([row], out)
+    header, line = out.getvalue().splitlines()
+    assert dict(zip(header.split(","), line.split(",")))["faces"] == "1"
+    table = io.StringIO()
+    cli.write_table([row], table)
+    assert "minor_and_nudity" in table.getvalue() and "faces: 1" in table.getvalue()
