@@ -73,16 +73,25 @@ class HaarFaceDetector:
         # One thread a call: each decode thread of a replica runs its own detection, and
         # OpenCV's pool on top would oversubscribe the cores (and escape the threads' niceness).
         cv2.setNumThreads(1)
-        path = cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml"
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise RuntimeError(f"OpenCV's face cascade could not be read from {path}")
+        self.path = cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml"
+        self._local = threading.local()
+        self._cascade()  # a missing file fails here, at start
         self.scale_factor = scale_factor
         self.min_neighbours = min_neighbours
 
+    def _cascade(self):
+        """This thread's classifier: one shared by threads gave wrong boxes and OpenCV errors
+        (it keeps each call's image state; measured, 76 errors in 240 calls from 2 threads)."""
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._local.cascade = self._cv2.CascadeClassifier(self.path)
+            if cascade.empty():
+                raise RuntimeError(f"OpenCV's face cascade could not be read from {self.path}")
+        return cascade
+
     def detect(self, rgb: np.ndarray, min_size: int) -> list[tuple[float, float, float, float, float]]:
         grey = self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
-        boxes, neighbours = self.cascade.detectMultiScale2(
+        boxes, neighbours = self._cascade().detectMultiScale2(
             grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbours,
             minSize=(max(min_size, self.min_window),) * 2)
         return [(float(x), float(y), float(w), float(h), 1.0 - math.exp(-int(n) / 10.0))
@@ -91,12 +100,13 @@ class HaarFaceDetector:
 
 class YuNetFaceDetector:
     """libfacedetection's YuNet through ``yuface`` (its weights are compiled in): its own
-    confidence, 0-1."""
+    confidence, 0-1. Its C++ holds the GIL while it runs: the service runs it in worker
+    processes (``load_detector``, ``classifiers.detector_process``)."""
 
     name = "yunet"
     min_window = 10
 
-    def __init__(self, min_confidence: float = 0.5) -> None:
+    def __init__(self, min_confidence: float = 0.0) -> None:
         try:
             import yuface
         except ImportError as exc:
@@ -106,6 +116,9 @@ class YuNetFaceDetector:
         self.min_confidence = min_confidence
         self._omp_set_num_threads = _bundled_openmp(yuface)
         self._single = threading.local()
+        # The first call initialises lazily, and two first calls at once deadlock holding the
+        # GIL (reproduced): make it now, before any other thread can call.
+        self.detect(np.zeros((32, 32, 3), np.uint8), self.min_window)
 
     def detect(self, rgb: np.ndarray, min_size: int) -> list[tuple[float, float, float, float, float]]:
         if self._omp_set_num_threads is not None and not getattr(self._single, "done", False):
@@ -133,19 +146,39 @@ def _bundled_openmp(module):
     return None
 
 
-def load_detector(name: str) -> FaceDetector:
-    """``haar``, ``yunet``, or ``auto``: YuNet where ``yuface`` is installed (faster, and as
-    accurate or better on every check we have), else Haar."""
+def in_thread_detector(name: str) -> FaceDetector:
+    """The detector itself, called in the caller's thread (``haar`` or ``yunet``)."""
     if name == "haar":
         return HaarFaceDetector()
     if name == "yunet":
         return YuNetFaceDetector()
-    if name == "auto":
-        try:
-            return YuNetFaceDetector()
-        except RuntimeError:
-            return HaarFaceDetector()
     raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
+
+
+def yunet_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("yuface") is not None
+
+
+def load_detector(name: str, workers: int = 0, nice: int = 0) -> FaceDetector:
+    """``haar``, ``yunet``, or ``auto``: YuNet where ``yuface`` is installed, else Haar.
+
+    Haar runs in the calling thread (OpenCV releases the GIL). YuNet holds the GIL, so with
+    ``workers`` it runs in that many worker processes (niced by ``nice``); 0: in the caller's
+    thread (tests, benchmarks of the detector alone)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
+    if name == "auto":
+        name = "yunet" if yunet_installed() else "haar"
+    if name == "yunet" and not yunet_installed():
+        raise RuntimeError("faces.detector 'yunet' needs the yuface package (Python <= 3.11 on x86-64): "
+                           "pip install 'clip-moderation[yunet]'")
+    if name == "yunet" and workers:
+        from classifiers.detector_process import DetectorProcesses
+
+        return DetectorProcesses(name, YuNetFaceDetector.min_window, workers, nice)
+    return in_thread_detector(name)
 
 
 class FaceFinder:
@@ -203,17 +236,41 @@ def face_crop(frame: Image.Image, face: FaceBox, full_size: tuple[int, int] | No
 
 
 class FacesOfFirstFrame:
-    """``decode_frames``'s ``first_frame`` hook: finds the faces and cuts each one's crop, in
-    the model's input shape, from the frame as decoded (the best pixels there are)."""
+    """``decode_frames``'s ``first_frame`` hook: finds the faces in the frame as decoded, and
+    keeps it to cut each face's crop, in the model's input shape, from it afterwards (``cut``),
+    or from a sharper decode when a face is small in it (``detail_side``)."""
 
     def __init__(self, finder: FaceFinder, spec, margin: float = 0.25, crops: bool = True) -> None:
         self.finder, self.spec, self.margin, self.want_crops = finder, spec, margin, crops
         self.faces: list[FaceBox] = []
         self.crops: list[np.ndarray] = []
+        self.frame: Image.Image | None = None
+        self.full_size: tuple[int, int] = (0, 0)
 
     def __call__(self, frame: Image.Image, full_size: tuple[int, int] | None = None) -> None:
+        self.full_size = full_size or frame.size
+        self.faces = self.finder.find(frame, self.full_size)
+        self.frame = frame if self.faces and self.want_crops else None
+
+    def detail_side(self) -> int:
+        """0 when every face's crop has at least half the model's input size in the frame as
+        decoded; else the ``draft_at_least`` (shorter side) of a decode that gives them the full
+        input size (a JPEG decoded at 1/4 scale for the detector would give a small face a
+        blurry crop, upscaled 4x or more)."""
+        if self.frame is None:
+            return 0
+        scale = self.frame.width / self.full_size[0]
+        smallest = min(max(face.w, face.h) * (1 + 2 * self.margin) for face in self.faces)
+        if scale >= 1.0 or smallest * scale >= self.spec.size / 2:  # up to 2x upscaled: sharp enough
+            return 0
+        return math.ceil(min(self.full_size) * min(1.0, self.spec.size / smallest))
+
+    def cut(self, source: Image.Image | None = None) -> None:
+        """The crops, from ``source`` (the same upright image at another scale) or the frame."""
         from classifiers.preprocess import fit_image
 
-        self.faces = self.finder.find(frame, full_size)
-        if self.want_crops:
-            self.crops = [fit_image(face_crop(frame, face, full_size, self.margin), self.spec) for face in self.faces]
+        frame = source if source is not None else self.frame
+        if frame is not None:
+            self.crops = [fit_image(face_crop(frame, face, self.full_size, self.margin), self.spec)
+                          for face in self.faces]
+        self.frame = None

@@ -11,14 +11,16 @@ serve_config.yaml's ``args`` (or a ``user_config``: changed without a restart)::
           - face: minor          # a face whose `minor` score is >= 0.5 (min_score)
           - classifier: nudity   # nudity flagged at its threshold in force
 
-A condition sees only what the request ran: a policy on ``nudity`` never holds for a request
-that asked for ``gore`` only, nor a face condition without ``face_attributes``.
+Policies are enforced on every image, whatever the request asked for: the classifiers and the
+face detection they need run anyway (a head is a matrix product on the embedding already
+made; faces cost a detection and a crop each), and only what was asked for is returned.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,17 +91,67 @@ class Policy(BaseModel):
     when: tuple[Condition, ...] = Field(min_length=1)
 
 
-def check_policies(policies: Sequence[Policy], classifiers: set[str] | None = None) -> None:
-    """Unique names; with ``classifiers`` (the names a classifier condition may use; trained
-    heads come and go, so callers pass the built-ins and allow head-like names), known ones."""
+@dataclass(frozen=True)
+class Needs:
+    """What the policies need run on every image, whatever a request asked for."""
+
+    classifiers: frozenset[str] = frozenset()
+    faces: bool = False  # a face or min_faces condition
+    attributes: bool = False  # a face-attribute condition
+
+
+def needs(policies: Sequence[Policy]) -> Needs:
+    conditions = [c for p in policies for c in p.when]
+    return Needs(frozenset(c.classifier for c in conditions if c.classifier is not None),
+                 any(c.classifier is None for c in conditions), any(c.face is not None for c in conditions))
+
+
+def check_policies(policies: Sequence[Policy]) -> None:
+    """Refuse what could never hold: duplicate names, a classifier name no classifier can have,
+    a label its built-in does not have, a built-in that flags nothing named without a label.
+    (Trained heads come and go with heads_dir: any name a head could have is accepted here,
+    and the replica warns about one it does not serve.)"""
+    from classifiers.labels import CUSTOM_NAME
+    from classifiers.registry import BUILTIN_CLASSIFIERS
+    from classifiers.trained import NAME_PATTERN
+
     names = [p.name for p in policies]
     if len(names) != len(set(names)):
         raise ValueError("policies: duplicate names")
-    if classifiers is not None:
-        unknown = sorted({c.classifier for p in policies for c in p.when
-                          if c.classifier is not None and c.classifier not in classifiers})
-        if unknown:
-            raise ValueError(f"policies name unknown classifiers {unknown}")
+    for policy in policies:
+        for c in policy.when:
+            if c.classifier is None:
+                continue
+            if c.classifier not in BUILTIN_CLASSIFIERS and c.classifier != CUSTOM_NAME \
+                    and not NAME_PATTERN.fullmatch(c.classifier):
+                raise ValueError(f"policy {policy.name}: unknown classifier {c.classifier!r}")
+            builtin = BUILTIN_CLASSIFIERS.get(c.classifier)
+            if builtin is None:
+                continue
+            if c.label is not None and c.label not in builtin.label_names:
+                raise ValueError(f"policy {policy.name}: {c.classifier} has no label {c.label!r}; "
+                                 f"its labels: {', '.join(builtin.label_names)}")
+            if c.label is None and not builtin.unsafe:
+                raise ValueError(f"policy {policy.name}: {c.classifier} flags nothing; name one of its labels "
+                                 f"({', '.join(builtin.label_names)}) with `label`")
+
+
+def faces_problems(policies: Sequence[Policy], enabled: bool, attributes: bool, max_faces: int) -> list[str]:
+    """Face conditions the faces settings would make silently false (or always true)."""
+    problems = []
+    for policy in policies:
+        for c in policy.when:
+            if c.classifier is not None:
+                continue
+            if not enabled:
+                problems.append(f"policy {policy.name} has a face condition, but faces.enabled is false")
+            elif c.face is not None and not attributes:
+                problems.append(f"policy {policy.name} tests the face attribute {c.face!r}, but faces.attributes "
+                                "is false (boxes only)")
+            if c.min_faces is not None and c.min_faces > max_faces:
+                problems.append(f"policy {policy.name} needs {c.min_faces} faces, but at most faces.max_faces "
+                                f"({max_faces}) are reported")
+    return problems
 
 
 def evaluate(policies: Sequence[Policy], results: Sequence[ClassifierResult],

@@ -77,19 +77,21 @@ class Classification:
 
     @property
     def action(self) -> str | None:
-        """A bank's ``block`` or ``allow`` decides (a person put this image there); otherwise the
-        strongest of the bank ``review`` and the policies' actions (``block`` > ``review``)."""
+        """A bank's ``block``, then a policy's ``block``, then a bank's ``allow`` (which clears
+        the classifiers' flags: a person put an image like this one there, but a near match is
+        not reason enough to lift a policy's block), then any ``review``."""
         banks = {match.action for match in self.matches}
-        for decided in ("block", "allow"):
-            if decided in banks:
-                return decided
-        found = banks | {hit.action for hit in self.policies}
-        return next((action for action in ACTIONS if action in found), None)
+        rules = {hit.action for hit in self.policies}
+        if "block" in banks or "block" in rules:
+            return "block"
+        if "allow" in banks:
+            return "allow"
+        return "review" if "review" in banks | rules else None
 
     @property
     def flagged(self) -> bool:
         """A ``block`` (a bank's or a policy's) flags whatever the scores; an ``allow`` match
-        (and no bank ``block``) clears; otherwise any classifier that flagged."""
+        (and no ``block``) clears; otherwise any classifier that flagged."""
         action = self.action
         if action in ("block", "allow"):
             return action == "block"

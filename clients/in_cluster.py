@@ -29,8 +29,10 @@ def _payload(image: Any) -> bytes | np.ndarray:
     if isinstance(image, os.PathLike) or (isinstance(image, str) and not image.startswith(("http://", "https://"))):
         with open(image, "rb") as fh:
             return fh.read()
-    if hasattr(image, "convert"):  # PIL: send the pixels, no re-encoding
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert"):  # PIL: send the pixels upright (EXIF applied), no re-encoding
+        from PIL import ImageOps
+
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     if isinstance(image, str) and image.startswith(("http://", "https://")):
         raise TypeError("InClusterClient takes image data; fetch URLs with ModerationClient")
     raise TypeError(f"cannot classify {type(image).__name__}")

@@ -23,8 +23,8 @@ from classifiers.fingerprint import fingerprint
 from classifiers.heads import Head, HeadCache, build_head
 from classifiers.labels import CUSTOM_NAME, LabelSet, custom_label_set
 from classifiers.model import load_clip
-from classifiers.preprocess import decode_frames, prepare_array
-from classifiers.policies import evaluate
+from classifiers.preprocess import decode_frames, prepare_array, upright_first_frame
+from classifiers.policies import evaluate, faces_problems, needs
 from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification, Face
 from classifiers.scoring import score
@@ -59,8 +59,9 @@ def _face_finder(settings: ModelSettings) -> FaceFinder | None:
     faces = settings.faces
     if not faces.enabled:
         return None
-    return FaceFinder(load_detector(faces.detector), faces.detect_max_side, faces.min_face_px,
-                      faces.max_faces, faces.min_confidence)
+    # YuNet holds the GIL while it runs: one worker process per decode thread, beside the replica.
+    detector = load_detector(faces.detector, workers=settings.decode_threads, nice=settings.nice)
+    return FaceFinder(detector, faces.detect_max_side, faces.min_face_px, faces.max_faces, faces.min_confidence)
 
 
 def _load_temperatures(settings: ModelSettings) -> dict[str, float]:
@@ -88,6 +89,9 @@ class _Plan:
     trained: HeadSet
     custom: bool
     faces: bool  # find faces and score each one's crop
+    shown_faces: bool  # ... and return them (asked for; else only the policies use them)
+    extra: tuple[str, ...] = ()  # classifiers scored only for the policies, not returned
+    extra_heads: tuple[Head, ...] = ()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
@@ -125,6 +129,7 @@ class ClipModel:
         self.metrics = ModelMetrics()
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
+        self._apply_policies()
         logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s (%s: %s), faces: %s",
                     settings.model, self.encoder.dtype, self.forward.layout, self.forward.engine,
                     f"engine {settings.engine}", self.forward.engine_reason,
@@ -144,11 +149,30 @@ class ClipModel:
         them, and changing it reconfigures the running replicas without a restart.
         """
         previous = self.runtime.heads_version
-        self.runtime = RuntimeConfig.model_validate({**self.base_runtime.model_dump(), **user_config})
+        runtime = RuntimeConfig.model_validate({**self.base_runtime.model_dump(), **user_config})
+        self._check_policies(runtime)  # before anything changes: a bad update leaves the old config
+        self.runtime = runtime
         self.embed.set_max_batch_size(self.runtime.max_batch_size)
         self.embed.set_batch_wait_timeout_s(self.runtime.batch_wait_timeout_s)
         if self.runtime.heads_version != previous:
             self.trained.reload()  # small files; Serve runs reconfigure before new requests
+        self._apply_policies()
+
+    def _check_policies(self, runtime: RuntimeConfig) -> None:
+        faces = self.settings.faces
+        problems = faces_problems(runtime.policies, faces.enabled, faces.attributes, faces.max_faces)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _apply_policies(self) -> None:
+        """What the policies need run on every image; a warning for a classifier name this
+        replica does not serve (a trained head may arrive later, so it is not an error)."""
+        self._check_policies(self.runtime)
+        self.policy_needs = needs(self.runtime.policies)
+        served = set(self.heads) | set(self.trained.current.heads) | {CUSTOM_NAME}
+        for name in sorted(self.policy_needs.classifiers - served):
+            logger.warning("a policy names the classifier %r, which this replica does not serve (yet): "
+                           "its conditions do not hold", name)
 
     async def reload_heads(self) -> dict:
         """Read the heads directory now (off the event loop); what this replica serves after."""
@@ -208,8 +232,14 @@ class ClipModel:
         if labels:
             custom = custom_label_set(labels, unsafe_labels, 0.5 if threshold is None else threshold)
             heads.append(await self._custom_head(custom))
-        faces = self.faces is not None and "face_attributes" in names
-        return _Plan(tuple(names), tuple(heads), trained, bool(labels), faces)
+        # The policies are enforced whatever was asked for: what they need runs too.
+        wanted = self.policy_needs
+        extra = tuple(n for n in sorted(wanted.classifiers)
+                      if n not in names and (n in self.heads or n in trained.heads))
+        shown = self.faces is not None and "face_attributes" in names
+        faces = shown or (self.faces is not None and wanted.faces)
+        return _Plan(tuple(names), tuple(heads), trained, bool(labels), faces, shown, extra,
+                     tuple(self.heads[n] for n in extra if n in self.heads))
 
     async def _classify(
         self,
@@ -264,8 +294,9 @@ class ClipModel:
         results = {head.label_set.name: score(head, embedding, self.encoder.logits,
                                               thresholds.get(head.label_set.name),
                                               self.temperatures.get(head.label_set.name, 1.0))
-                   for head in heads}
-        results.update(trained.stack.score([n for n in names if n in trained.heads], embedding, thresholds))
+                   for head in (*heads, *plan.extra_heads)}
+        results.update(trained.stack.score([n for n in (*names, *plan.extra) if n in trained.heads], embedding,
+                                           thresholds))
         ordered = tuple(results[name] for name in (*names, *([CUSTOM_NAME] if plan.custom else [])))
         faces = self._face_results(faces_seen) if plan.faces else None
         return Classification(
@@ -278,8 +309,8 @@ class ClipModel:
             hashes=hashes,
             matches=matches,
             cached=seen is not None,
-            faces=faces,
-            policies=evaluate(self.runtime.policies, ordered, faces),
+            faces=faces if plan.shown_faces else None,
+            policies=evaluate(self.runtime.policies, tuple(results.values()), faces),
         )
 
     def _face_results(self, faces_seen) -> tuple[Face, ...]:
@@ -318,6 +349,10 @@ class ClipModel:
                            self.settings.faces.detect_max_side if finder is not None else 0)
             frames = decode_frames(image, spec, max_pixels, self.settings.jpeg_draft, self.settings.max_frames,
                                    first_frame if hooks else None, at_least)
+        if finder is not None:
+            detail = finder.detail_side() if isinstance(image, bytes) else 0
+            # A face small in a JPEG decoded at reduced scale gets its crop from a sharper decode.
+            finder.cut(upright_first_frame(image, max_pixels, detail) if detail else None)
         hashes = self.known.hashes(sha256, pdq.pdq if pdq is not None else None)
         found = finder.faces if finder is not None else None
         return frames, hashes, self.known.match(hashes), found, finder.crops if finder is not None else []

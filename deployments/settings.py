@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from classifiers.faces import DETECTORS
-from classifiers.labels import CUSTOM_NAME
 from classifiers.model import DEFAULT_MODEL
-from classifiers.policies import Policy, check_policies
+from classifiers.policies import Policy, check_policies, faces_problems
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.schemas import MAX_BATCH_IMAGES
 from classifiers.trained import NAME_PATTERN
@@ -74,10 +73,7 @@ class RuntimeConfig(_Strict):
     @field_validator("policies")
     @classmethod
     def _policies(cls, value: tuple[Policy, ...]) -> tuple[Policy, ...]:
-        named = {c.classifier for p in value for c in p.when if c.classifier is not None}
-        # Trained heads come and go with heads_dir: any name a head could have is accepted.
-        check_policies(value, set(BUILTIN_CLASSIFIERS) | {CUSTOM_NAME}
-                       | {n for n in named if NAME_PATTERN.fullmatch(n)})
+        check_policies(value)
         return value
 
     @field_validator("heads_version", mode="before")
@@ -335,6 +331,13 @@ class AppArgs(ModelSettings, RuntimeConfig, IngressSettings):
     """
 
     fetch: FetchSettings = FetchSettings()
+
+    @model_validator(mode="after")
+    def _policies_fit_faces(self) -> "AppArgs":
+        problems = faces_problems(self.policies, self.faces.enabled, self.faces.attributes, self.faces.max_faces)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def with_env(self, environ: Mapping[str, str]) -> "AppArgs":
         """These args with the ``ENV_OVERRIDES`` variables in ``environ`` laid over."""

@@ -101,12 +101,15 @@ def test_a_crowd_is_scored_in_one_batch_not_one_pass_a_face(service):
     assert all(b - a > 150 for a, b in zip(xs, xs[1:]))  # five different faces
     # The whole image and its five crops went to the model together.
     assert answer.timing.batch_size >= 6, answer.timing
-    assert {p.name for p in answer.policies} == {"crowd"}  # nudity was not run
-    assert answer.action == "review" and answer.flagged is False
+    # nudity was not asked for: the policies ran it anyway (not returned), and both hold
+    assert set(answer.results) == {"face_attributes"}
+    assert [p.name for p in answer.policies] == ["face_and_nudity", "crowd"]
+    assert answer.action == "block" and answer.flagged is True
 
 
-def test_faces_only_when_face_attributes_is_asked_for(service):
-    assert service.classify(jpeg(astronaut()), classifiers=["nudity"]).faces is None
+def test_faces_only_when_face_attributes_is_asked_for_but_policies_always_see_them(service):
+    answer = service.classify(jpeg(astronaut()), classifiers=["nudity"])
+    assert answer.faces is None and [p.name for p in answer.policies] == ["face_and_nudity"]
     assert service.classify(jpeg(astronaut()), classifiers=["face_attributes"]).faces is not None
 
 
@@ -136,11 +139,6 @@ def test_a_repeat_from_the_cache_has_the_same_faces(service):
     again = service.classify(data)
     assert again.cached and not first.cached
     assert [f.model_dump() for f in again.faces] == [f.model_dump() for f in first.faces]
-    # Cached by a request that did not look for faces: the next one that does decodes again.
-    other = jpeg(crowd(2))
-    assert service.classify(other, classifiers=["nudity"]).faces is None
-    looked = service.classify(other)
-    assert not looked.cached and len(looked.faces) == 2
 
 
 def test_batch_route_items_carry_faces(service):
@@ -152,9 +150,10 @@ def test_batch_route_items_carry_faces(service):
 
 def test_boxes_only_skips_the_crops(service, port, tiny_clip_dir):
     """``faces.attributes: false``: boxes for blurring or counting, no forward pass per face
-    (the whole image rides alone). Deployed as a second application beside the first."""
+    (the whole image rides alone). Deployed as a second application beside the first, with no
+    policies."""
     args = AppArgs(model=tiny_clip_dir, torch_threads=1, forward_lanes=1, dtype="float32", engine="torch",
-                   faces=FacesSettings(min_face_px=24, attributes=False), known_images=KnownImagesSettings(cache_size=0))
+                   faces=FacesSettings(min_face_px=24, attributes=False), known_images=KnownImagesSettings(cache_size=100))
     # Declarative, as `serve deploy`: the first application stays as it is.
     deploy_apps(port, app_config(service_args(tiny_clip_dir)), app_config(args, name="boxes", route_prefix="/boxes"))
     with ModerationClient(f"http://127.0.0.1:{port}/boxes") as boxes:
@@ -162,4 +161,11 @@ def test_boxes_only_skips_the_crops(service, port, tiny_clip_dir):
         assert len(answer.faces) == 3 and all(face.attributes == {} for face in answer.faces)
         assert answer.timing.batch_size == 1
         assert boxes.classifiers().faces.attributes == []
+        # No policy needs faces here: cached by a request that did not look for them, the
+        # next one that does decodes again.
+        other = jpeg(crowd(2))
+        assert boxes.classify(other, classifiers=["nudity"]).faces is None
+        looked = boxes.classify(other, classifiers=["face_attributes"])
+        assert not looked.cached and len(looked.faces) == 2
+        assert boxes.classify(other, classifiers=["face_attributes"]).cached
     assert service.classify(jpeg(crowd(2)), classifiers=["face_attributes"]).faces[0].attributes

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+ASTRONAUT_FACE = (176, 62, 94, 110)  # x, y, w, h, drawn by hand (tests/unit/test_faces.py)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_custom_labels_add_a_custom_card(page, photo):
 
 @pytest.fixture(scope="module")
 def astronaut(tmp_path_factory) -> Path:
-    """A real face: scikit-image's astronaut (512x512); OpenCV's Haar cascade finds one at ~[174, 66, 98, 98]."""
+    """A real face: scikit-image's astronaut (512x512), her face at about ASTRONAUT_FACE."""
     from PIL import Image
     from skimage import data
 
@@ -121,14 +122,16 @@ def test_a_face_is_boxed_on_the_preview_and_listed_in_a_faces_card(page, astrona
     for value in faces.locator(".bar .value").all_inner_texts():
         assert 0 <= float(value) <= 1
     x, y, w, h = (int(v) for v in re.findall(r"\d+", text.split("box", 1)[1])[:4])
-    assert abs(x - 174) <= 8 and abs(y - 66) <= 8 and abs(w - 98) <= 10 and abs(h - 98) <= 10
+    ax, ay, aw, ah = ASTRONAUT_FACE  # either detector: its box overlaps the drawn one
+    overlap = max(0, min(x + w, ax + aw) - max(x, ax)) * max(0, min(y + h, ay + ah) - max(y, ay))
+    assert overlap / (w * h + aw * ah - overlap) >= 0.5, (x, y, w, h)
 
     boxes = page.locator("#face-boxes .face-box")
     assert boxes.count() == 1 and boxes.nth(0).inner_text() == "1"
     style = boxes.nth(0).evaluate("b => [b.style.left, b.style.top, b.style.width, b.style.height]")
     left, top, width, height = (float(v.rstrip("%")) for v in style)
-    assert abs(left - 174 / 512 * 100) < 3 and abs(top - 66 / 512 * 100) < 3
-    assert abs(width - 98 / 512 * 100) < 3 and abs(height - 98 / 512 * 100) < 3
+    assert abs(left - x / 512 * 100) < 1 and abs(top - y / 512 * 100) < 1  # where the card says
+    assert abs(width - w / 512 * 100) < 1 and abs(height - h / 512 * 100) < 1
 
     def drawn_where():  # the box's place on the shown preview, as shares of the preview's size
         img, box = page.locator("#preview").bounding_box(), boxes.nth(0).bounding_box()
@@ -140,7 +143,7 @@ def test_a_face_is_boxed_on_the_preview_and_listed_in_a_faces_card(page, astrona
         page.wait_for_timeout(100)
         fx, fy, fw, img = drawn_where()
         assert img["width"] > 50
-        assert abs(fx - 174 / 512) < 0.03 and abs(fy - 66 / 512) < 0.03 and abs(fw - 98 / 512) < 0.03, viewport
+        assert abs(fx - x / 512) < 0.03 and abs(fy - y / 512) < 0.03 and abs(fw - w / 512) < 0.03, viewport
     page.set_viewport_size({"width": 1100, "height": 900})
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-ui-faces.png"), full_page=True)

@@ -91,14 +91,16 @@ def _jpeg(image: Image.Image, orientation: int = 1) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("orientation, stored", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
-                                                 (3, Image.Transpose.ROTATE_180)])
+@pytest.mark.parametrize("orientation, stored", [
+    (6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180),
+    (2, Image.Transpose.FLIP_LEFT_RIGHT), (5, Image.Transpose.TRANSPOSE), (7, Image.Transpose.TRANSVERSE)])
 def test_boxes_are_in_upright_pixels_when_exif_turns_the_photo(orientation, stored):
     """A phone stores the pixels turned and an EXIF tag that turns them back: the box is in the
     picture as shown (upright), which is also what a browser draws."""
     photo = rgb("astronaut")
     hook = FacesOfFirstFrame(FaceFinder(HaarFaceDetector(), min_face_px=24), ImageSpec())
     decode_frames(_jpeg(photo.transpose(stored), orientation), ImageSpec(), first_frame=hook)
+    hook.cut()
     assert len(hook.faces) == 1
     assert iou(hook.faces[0].box, ASTRONAUT_FACE) >= 0.5, hook.faces
     assert hook.crops[0].shape == (224, 224, 3)
@@ -111,6 +113,85 @@ def test_boxes_are_in_original_pixels_when_the_jpeg_was_decoded_small():
     decode_frames(_jpeg(big), ImageSpec(), first_frame=hook, draft_at_least=512)
     scaled = tuple(4 * v for v in ASTRONAUT_FACE)
     assert len(hook.faces) == 1 and iou(hook.faces[0].box, scaled) >= 0.5, hook.faces
+
+
+def test_a_small_face_in_a_reduced_decode_gets_its_crop_from_a_sharper_one():
+    """A 4000x3000 JPEG decoded at 1/4 for the detector, for a model with a 336 px input: the
+    astronaut's face (~300 px in the original) is ~115 px with its margin there, upscaled
+    3x: its crop comes from a sharper decode."""
+    from classifiers.preprocess import upright_first_frame
+
+    spec = ImageSpec(size=336)
+    canvas = Image.new("RGB", (4000, 3000), (90, 120, 150))
+    canvas.paste(rgb("astronaut").resize((1500, 1500), Image.Resampling.BICUBIC), (1200, 1400))
+    data_ = _jpeg(canvas)
+    hook = FacesOfFirstFrame(FaceFinder(HaarFaceDetector()), spec)
+    decode_frames(data_, spec, first_frame=hook, draft_at_least=512)
+    assert len(hook.faces) == 1 and hook.frame.width == 1000
+    side = hook.detail_side()
+    assert side > 750  # the shorter side of a decode sharper than 1/4
+    sharper = upright_first_frame(data_, draft_at_least=side)
+    assert sharper.width > 1000
+    blurry = FacesOfFirstFrame(hook.finder, spec)
+    decode_frames(data_, spec, first_frame=blurry, draft_at_least=512)
+    blurry.cut()
+    hook.cut(sharper)
+    # more detail: the sharper crop has more high-frequency energy than the upscaled one
+    energy = [float(np.abs(np.diff(c.astype(np.float32), axis=1)).mean()) for c in (blurry.crops[0], hook.crops[0])]
+    assert energy[1] > energy[0] * 1.2, energy
+
+
+def test_no_sharper_decode_when_faces_are_large_enough():
+    hook = FacesOfFirstFrame(FaceFinder(HaarFaceDetector()), ImageSpec())
+    decode_frames(_jpeg(rgb("astronaut").resize((1024, 1024))), ImageSpec(), first_frame=hook, draft_at_least=512)
+    # a ~190 px face decoded at 1/2: its crop (with margin) is ~140 px, upscaled less than 2x
+    assert len(hook.faces) == 1 and hook.frame.width == 512 and hook.detail_side() == 0
+    hook.cut()
+    assert hook.crops[0].shape == (224, 224, 3) and hook.frame is None
+
+
+def test_haar_is_safe_from_several_threads():
+    """One classifier shared by threads gave OpenCV errors and wrong boxes: each thread has its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    detector = HaarFaceDetector()
+    images = [np.asarray(rgb("astronaut").resize((s, s))) for s in (300, 420, 512)]
+    expected = [detector.detect(image, 20) for image in images]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda i: detector.detect(images[i % 3], 20), range(90)))
+    assert all(g == expected[i % 3] for i, g in enumerate(got))
+
+
+@pytest.mark.skipif(not __import__("importlib.util").util.find_spec("yuface"), reason="yuface is not installed")
+def test_yunet_from_cold_threads_does_not_deadlock():
+    """YuNet's first call initialises lazily and two at once deadlocked holding the GIL: the
+    detector makes it in its constructor. In a fresh process, 4 threads at once must finish."""
+    import subprocess
+    import sys
+
+    code = ("import threading, numpy as np\n"
+            "from classifiers.faces import YuNetFaceDetector\n"
+            "d = YuNetFaceDetector()\n"
+            "go = threading.Barrier(4)\n"
+            "def run():\n    go.wait()\n    d.detect(np.zeros((200, 200, 3), np.uint8), 10)\n"
+            "ts = [threading.Thread(target=run) for _ in range(4)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]; print('ok')\n")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.skipif(not __import__("importlib.util").util.find_spec("yuface"), reason="yuface is not installed")
+def test_yunet_in_worker_processes_gives_the_same_faces_and_its_own_confidences():
+    here = FaceFinder(load_detector("yunet"), min_face_px=24)
+    away = FaceFinder(load_detector("yunet", workers=1), min_face_px=24)
+    try:
+        assert away.find(rgb("astronaut")) == here.find(rgb("astronaut"))
+        # below the service's 0.5 the detector's own candidates show: the setting reaches it
+        low = FaceFinder(load_detector("yunet"), min_face_px=24, min_confidence=0.2)
+        assert len(low.find(rgb("chelsea"))) > len(here.find(rgb("chelsea"))) == 0
+    finally:
+        away.detector.close()
 
 
 def _lfw_faces_found_alone() -> list[np.ndarray]:

@@ -55,7 +55,11 @@ def test_condition_kinds():
 
 @pytest.mark.parametrize("bad, message", [
     ({"name": "p", "action": "block", "when": [{"face": "kid"}]}, "unknown face attribute"),
-    ({"name": "p", "action": "block", "when": [{"classifier": "Not A Name"}]}, "unknown classifiers"),
+    ({"name": "p", "action": "block", "when": [{"classifier": "Not A Name"}]}, "unknown classifier"),
+    ({"name": "p", "action": "block", "when": [{"classifier": "nudity", "label": "explict"}]}, "has no label"),
+    ({"name": "p", "action": "block", "when": [{"classifier": "face_attributes"}]}, "flags nothing"),
+    ({"name": "p", "action": "block", "when": [{"classifier": "face_attributes", "min_score": 0.5}]},
+     "flags nothing"),
     ({"name": "p", "action": "block", "when": [{}]}, "names one of"),
     ({"name": "p", "action": "block", "when": [{"classifier": "nudity", "face": "minor"}]}, "names one of"),
     ({"name": "p", "action": "block", "when": [{"classifier": "nudity", "min_faces": 2}]}, "min_faces"),
@@ -89,7 +93,9 @@ def classification(flagged: bool, banks: tuple[str, ...] = (), hits: tuple[str, 
     (False, (), ("block",), "block", True),  # a block policy flags
     (False, (), ("review",), "review", False),  # review asks for a person, flags nothing
     (True, (), ("review",), "review", True),
-    (False, ("allow",), ("block",), "allow", False),  # a person allowed this very image
+    (True, ("allow",), (), "allow", False),  # a person allowed an image like this one
+    (False, ("allow",), ("block",), "block", True),  # ... but a near match does not lift a policy's block
+    (False, ("allow",), ("review",), "allow", False),
     (True, ("block",), ("review",), "block", True),
     (False, ("review",), ("block",), "block", True),
     (False, ("allow", "block"), (), "block", True),
@@ -106,3 +112,27 @@ def test_policies_change_through_user_config_as_the_replica_lays_it_over_args():
         {"name": "crowd", "action": "review", "when": [{"min_faces": 5}]}]})
     assert [p.name for p in changed.policies] == ["crowd"]
     assert RuntimeConfig.model_validate(base.model_dump()).policies == base.policies
+
+
+@pytest.mark.parametrize("faces, policy, message", [
+    ({"enabled": False}, {"name": "p", "action": "block", "when": [{"min_faces": 1}]}, "faces.enabled is false"),
+    ({"attributes": False}, MINOR_AND_NUDITY, "faces.attributes is false"),
+    ({"max_faces": 4}, {"name": "p", "action": "review", "when": [{"min_faces": 5}]}, "faces.max_faces"),
+])
+def test_policies_the_faces_settings_would_silence_are_refused(faces, policy, message):
+    with pytest.raises(ValidationError, match=message):
+        AppArgs.model_validate({"faces": faces, "policies": [policy]})
+
+
+def test_boxes_only_allows_counting_faces():
+    args = AppArgs.model_validate({"faces": {"attributes": False},
+                                   "policies": [{"name": "p", "action": "review", "when": [{"min_faces": 3}]}]})
+    assert args.runtime_config().policies[0].name == "p"
+
+
+def test_needs_lists_what_policies_run_on_every_image():
+    from classifiers.policies import needs
+
+    wanted = needs(policies(MINOR_AND_NUDITY, {"name": "c", "action": "review", "when": [{"min_faces": 3}]}))
+    assert wanted.classifiers == {"nudity"} and wanted.faces and wanted.attributes
+    assert not needs(policies({"name": "g", "action": "review", "when": [{"classifier": "gore"}]})).faces
