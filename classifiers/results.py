@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from classifiers.labels import Kind
 
@@ -74,6 +74,7 @@ class Classification:
     cached: bool = False
     faces: tuple[Face, ...] | None = None
     policies: tuple[PolicyHit, ...] = ()
+    embedding: Any = field(default=None, repr=False, compare=False)  # frames x dim, when asked for
 
     @property
     def action(self) -> str | None:

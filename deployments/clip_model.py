@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -206,18 +206,36 @@ class ClipModel:
         unsafe_labels: Sequence[str] = (),
         threshold: float | None = None,
         wait_limit_s: float | None = None,
+        with_embedding: bool = False,
     ) -> Classification | ModerationError:
         """``classify``, returning bad-input errors instead of raising them (for the ingress:
         hostile input is routine, not a replica failure to log with a traceback).
         ``wait_limit_s``: answer 503 ``overloaded`` rather than run a forward pass for a
         request that has waited this long in this replica (the ingress sets it; handle
-        callers that would rather wait, bulk jobs, leave it out)."""
+        callers that would rather wait, bulk jobs, leave it out). ``with_embedding``: the
+        answer carries the image embedding (frames x dim), for stores that re-score later."""
         try:
             if isinstance(image, ModerationError):
                 return image
-            return await self._classify(image, classifiers, labels, unsafe_labels, threshold, wait_limit_s)
+            plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
+            return await self._run(image, plan, wait_limit_s, with_embedding)
         except ModerationError as error:
             return error
+
+    async def rescore(
+        self,
+        embedding: np.ndarray,
+        classifiers: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        unsafe_labels: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> Classification:
+        """Score a stored embedding (frames x dim, from ``with_embedding``) with today's
+        classifiers, trained heads, calibration, thresholds and policies, without pixels:
+        the same scoring as ``classify`` (faces, hashes and banks need pixels: none here)."""
+        plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
+        return self._verdict(plan, np.atleast_2d(np.asarray(embedding, np.float32)), None, (), None,
+                             cached=False, timing=(0.0, 0.0, 0))
 
     async def _plan(
         self,
@@ -241,19 +259,8 @@ class ClipModel:
         return _Plan(tuple(names), tuple(heads), trained, bool(labels), faces, shown, extra,
                      tuple(self.heads[n] for n in extra if n in self.heads))
 
-    async def _classify(
-        self,
-        image: bytes | np.ndarray,
-        classifiers: Sequence[str] | None,
-        labels: Sequence[str] | None,
-        unsafe_labels: Sequence[str],
-        threshold: float | None,
-        wait_limit_s: float | None = None,
-    ) -> Classification:
-        return await self._run(image, await self._plan(classifiers, labels, unsafe_labels, threshold), wait_limit_s)
-
-    async def _run(self, image: bytes | np.ndarray, plan: _Plan, wait_limit_s: float | None) -> Classification:
-        names, heads, trained = plan.names, plan.heads, plan.trained
+    async def _run(self, image: bytes | np.ndarray, plan: _Plan, wait_limit_s: float | None,
+                   with_embedding: bool = False) -> Classification:
         start = time.perf_counter()
         try:
             sha256 = await _sha256(image)
@@ -290,6 +297,14 @@ class ClipModel:
             # leaves cancelled requests out of the batch it forms).
             self.metrics.abandoned.inc()
             raise
+        timing = (round((decoded - start) * 1000, 2), round((done - decoded) * 1000, 2), batch)
+        result = self._verdict(plan, embedding, hashes, matches, faces_seen, seen is not None, timing)
+        return replace(result, embedding=embedding) if with_embedding else result
+
+    def _verdict(self, plan: _Plan, embedding: np.ndarray, hashes, matches, faces_seen, cached: bool,
+                 timing: tuple[float, float, int]) -> Classification:
+        """The answer for one image's embedding: every head, the faces' attributes, the policies."""
+        names, heads, trained = plan.names, plan.heads, plan.trained
         thresholds = self.runtime.thresholds
         results = {head.label_set.name: score(head, embedding, self.encoder.logits,
                                               thresholds.get(head.label_set.name),
@@ -303,12 +318,12 @@ class ClipModel:
             model=self.encoder.name,
             model_family=self.encoder.family.name,
             results=ordered,
-            decode_ms=round((decoded - start) * 1000, 2),
-            inference_ms=round((done - decoded) * 1000, 2),
-            batch_size=batch,
+            decode_ms=timing[0],
+            inference_ms=timing[1],
+            batch_size=timing[2],
             hashes=hashes,
             matches=matches,
-            cached=seen is not None,
+            cached=cached,
             faces=faces if plan.shown_faces else None,
             policies=evaluate(self.runtime.policies, tuple(results.values()), faces),
         )

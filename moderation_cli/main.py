@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, bool, str]] = {
     "banks": ("clients.banks_cli", False, "manage a service's hash banks (known images: block, review, allow)"),
     "evaluate": ("evaluation.cli", False, "measure a classifier's accuracy on a labelled image set"),
     "train": ("evaluation.train_cli", False, "train a classifier (a head file) from labelled images"),
+    "backfill": ("backfill.cli", True, "moderate stored images (folders, lists, buckets) into a table, on Ray Data"),
+    "rescore": ("backfill.cli", True, "re-score a backfill table's stored embeddings with today's classifiers"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Moderating stored images in bulk: reading the sources, writing the result table."""
