@@ -70,6 +70,10 @@ def _split(text: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    import logging
+
+    # Ray Data logs each operator's progress at INFO; the command shows its own bar and summary.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     from pydantic import ValidationError
 
     try:

@@ -92,6 +92,9 @@ def run_backfill(options: BackfillOptions, args: dict, out=None) -> dict:
         ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
                  **({} if options.address else {"num_cpus": os.cpu_count()}))
     try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours (rows written, rate, ETA) is the one shown
+        context.enable_auto_log_stats = False
         dataset = _pipeline(options, args, todo)
         writer = PartWriter(options.out, options.fmt)
         progress = _progress(len(todo), options.progress)
@@ -138,7 +141,8 @@ def _pipeline(options: BackfillOptions, args: dict, todo: list[str]):
     read = readers.map_batches(read_batch, batch_size=32, num_cpus=0.25,
                                fn_kwargs={"fetch": args["fetch"], "max_bytes": args["max_upload_bytes"]})
     return read.map_batches(
-        ImageScorer, batch_size=options.batch_size, concurrency=options.actors, num_cpus=cpus,
+        ImageScorer, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=cpus,
         num_gpus=options.gpus_per_actor or None,
         fn_constructor_kwargs={"args": args, "options": options.request(), "embeddings": options.embeddings})
 
