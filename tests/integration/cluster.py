@@ -66,3 +66,20 @@ def private_haproxy() -> Iterator[None]:
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     with own_haproxy_files():
         yield
+
+
+def kill_with_ray(proc) -> None:
+    """SIGKILL a process started with ``start_new_session=True`` (its whole group), then
+    whatever Ray it started outside that group (``ray stop --force``)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
+                   timeout=120)

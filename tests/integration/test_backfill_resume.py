@@ -4,8 +4,6 @@ them."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ import pytest
 
 from backfill.table import read_table
 from images import jpeg
+from integration.cluster import kill_with_ray
 
 pytestmark = pytest.mark.integration
 COUNT = 240
@@ -23,16 +22,6 @@ def backfill(source, out, model, log) -> subprocess.Popen:
     command = [sys.executable, "-m", "moderation_cli.main", "backfill", str(source), "--out", str(out),
                "--model", model, "--part-rows", "16", "--batch-size", "16", "--no-progress", "-c", "nudity"]
     return subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
-                   timeout=120)
 
 
 def test_a_killed_backfill_resumes_and_writes_each_source_once(tiny_clip_dir, tmp_path):
@@ -49,7 +38,7 @@ def test_a_killed_backfill_resumes_and_writes_each_source_once(tiny_clip_dir, tm
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
     finally:
-        kill(first)
+        kill_with_ray(first)
     written = len(read_table(str(out), "parquet"))
     assert 0 < written < COUNT, written  # midway
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import yaml
 from clients.http import ModerationClient
 from deployments.serve_env import stop_leftover_haproxy
 from deployments.settings import AppArgs, KnownImagesSettings
-from integration.cluster import app_config
+from integration.cluster import app_config, kill_with_ray
 from integration.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -49,13 +48,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 def kill(proc: subprocess.Popen, haproxy_dir: Path) -> None:
     """SIGKILL the launcher's whole process group, then whatever Ray started outside it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
-                   timeout=120)
+    kill_with_ray(proc)
     stop_leftover_haproxy(str(haproxy_dir))
 
 
