@@ -68,6 +68,26 @@ def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def _check_request(request: dict, settings: dict, args: argparse.Namespace) -> str | None:
+    """What would make every row an error, found before a job starts (a typo in ``-c``)."""
+    from classifiers.errors import ModerationError
+    from classifiers.labels import custom_label_set
+    from classifiers.registry import BUILTIN_CLASSIFIERS
+
+    if getattr(args, "part_rows", 1) < 1 or getattr(args, "batch_size", 1) < 1 or getattr(args, "actors", 1) < 1:
+        return "--part-rows, --batch-size and --actors must be at least 1"
+    unknown = [c for c in request["classifiers"] or () if c not in BUILTIN_CLASSIFIERS]
+    if unknown and not settings.get("heads_dir"):
+        return f"unknown classifier(s) {unknown}; built-in: {sorted(BUILTIN_CLASSIFIERS)} (trained heads need heads_dir)"
+    if request["labels"]:
+        try:
+            custom_label_set(request["labels"], request["unsafe_labels"],
+                             0.5 if request["threshold"] is None else request["threshold"])
+        except ModerationError as error:
+            return error.message
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import logging
@@ -83,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     request = {"classifiers": args.classifiers, "labels": _split(args.labels) or None,
                "unsafe_labels": tuple(_split(args.unsafe_labels)), "threshold": args.threshold}
+    problem = _check_request(request, settings, args)
+    if problem:
+        print(f"moderation {args.command}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "backfill":
             from backfill.job import BackfillOptions, run_backfill

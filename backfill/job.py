@@ -77,7 +77,8 @@ def run_backfill(options: BackfillOptions, args: dict, out=None) -> dict:
     from backfill.table import PartWriter, Summary, done_sources
 
     sources = list_sources(options.source)
-    done = done_sources(options.out, options.fmt)
+    # a rerun in the other format still skips what either wrote
+    done = done_sources(options.out, "parquet") | done_sources(options.out, "jsonl")
     todo = [s for s in sources if s not in done]
     summary, start = Summary(), time.perf_counter()
     if out is not None:
@@ -133,16 +134,19 @@ def _pipeline(options: BackfillOptions, args: dict, todo: list[str]):
     from backfill.scorer import ImageScorer
 
     cpus = options.cpus_per_actor
-    if cpus is None:
-        cpus = max(1.0, ray.cluster_resources().get("CPU", 1) / max(1, options.actors) - 0.5)
+    if cpus is None:  # an actor fits on the largest node, with room for the read tasks
+        largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        cpus = max(1.0, largest - 0.5)
     args = {**args, "torch_threads": args.get("torch_threads") or max(1, round(cpus))}
+    if not options.gpus_per_actor and args.get("device", "auto") == "auto":
+        args["device"] = "cpu"  # no GPU asked for: do not take one Ray does not account for
     readers = ray.data.from_items([{"source": s} for s in todo],
                                   override_num_blocks=max(1, min(len(todo) // 64, 1000)))
     read = readers.map_batches(read_batch, batch_size=32, num_cpus=0.25,
                                fn_kwargs={"fetch": args["fetch"], "max_bytes": args["max_upload_bytes"]})
     return read.map_batches(
         ImageScorer, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
-        num_cpus=cpus,
+        num_cpus=cpus, max_restarts=2, max_task_retries=2,  # an actor that dies on a batch: fail, not loop
         num_gpus=options.gpus_per_actor or None,
         fn_constructor_kwargs={"args": args, "options": options.request(), "embeddings": options.embeddings})
 
@@ -155,40 +159,53 @@ def _progress(total: int, shown: bool):
 
 def rescore_table(table: str, out: str, fmt: str, args: dict, request: dict, printer=None) -> dict:
     """Re-score a backfill table's ``embedding`` column with today's classifiers, heads,
-    calibration, thresholds and policies, in this process (no pixels, no Ray Data)."""
+    calibration, thresholds, policies and banks (stored hashes), in this process (no pixels, no
+    Ray Data): part by part, one part out for each part in, so a rerun resumes."""
     import asyncio
 
-    from backfill.table import PartWriter, Summary, read_table, row_of
+    from backfill.scorer import batch_outside_serve
+    from backfill.table import PartWriter, Summary, done_sources, part_rows, row_of
+    from banks.hashes import ImageHashes
     from classifiers.errors import ModerationError
     from deployments.clip_model import ClipModel
     from deployments.settings import AppArgs
 
-    stored = read_table(table, "jsonl" if any(Path(table).glob("*.jsonl")) else "parquet")
-    if "embedding" not in stored.column_names:
-        raise ValueError(f"{table} has no embedding column: run the backfill with --embeddings")
-    from backfill.scorer import batch_outside_serve
-
+    if Path(out).resolve() == Path(table).resolve():
+        raise ValueError("--out must be another folder than the table it re-scores")
+    done = done_sources(out, "parquet") | done_sources(out, "jsonl")
     batch_outside_serve()
     app = AppArgs.model_validate({**args, "torch_threads": args.get("torch_threads") or os.cpu_count()})
     model = ClipModel.func_or_class(app.model_settings(), app.runtime_config())
     version = model.trained.current.version
     writer, summary, start = PartWriter(out, fmt), Summary(), time.perf_counter()
-    rows, loop = [], asyncio.new_event_loop()
-    for old in stored.to_pylist():
-        if not old.get("ok") or old.get("embedding") is None:
-            row = old if not old.get("ok") else {**old, "ok": False, "error_code": "invalid_request",
-                                                 "error_message": "no embedding stored"}
-        else:
-            try:
-                result = loop.run_until_complete(model.rescore(np.asarray(old["embedding"], np.float32), **request))
-                row = row_of(old["source"], result, version, old["embedding"])
-                row.update({k: old.get(k) for k in ("sha256", "pdq", "faces")})
-            except ModerationError as error:
-                row = row_of(old["source"], error, version)
-        summary.add(row)
-        rows.append(row)
-    if rows:
-        writer.write(rows)
+    loop, seen_embeddings = asyncio.new_event_loop(), False
+    for _, rows in part_rows(table):
+        fresh = []
+        for old in rows:
+            if old["source"] in done:
+                continue
+            if not old.get("ok"):
+                row = old  # an image that failed then has nothing to re-score
+            elif old.get("embedding") is None:
+                row = {**old, "ok": False, "error_code": "invalid_request", "status": 400,
+                       "error_message": "no embedding stored: run the backfill with --embeddings"}
+            else:
+                seen_embeddings = True
+                hashes = (ImageHashes(old["sha256"], old.get("pdq"), old.get("pdq_quality"), ())
+                          if old.get("sha256") else None)
+                try:
+                    result = loop.run_until_complete(
+                        model.rescore(np.asarray(old["embedding"], np.float32), hashes=hashes, **request))
+                    row = row_of(old["source"], result, version, old["embedding"])
+                    row["faces"] = old.get("faces")  # counted from the pixels, then
+                except ModerationError as error:
+                    row = row_of(old["source"], error, version)
+            summary.add(row)
+            fresh.append(row)
+        if fresh:
+            writer.write(fresh)
+    if summary.ok == 0 and not seen_embeddings and summary.images:
+        raise ValueError(f"{table} has no embeddings: run the backfill with --embeddings")
     if printer is not None:
         print(summary.render(time.perf_counter() - start), file=printer, flush=True)
     return summary.as_dict()

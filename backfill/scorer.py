@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import numpy as np
+
+
+logger = logging.getLogger(__name__)
 
 
 class ImageScorer:
@@ -25,6 +29,7 @@ class ImageScorer:
         batch_outside_serve()
         app = AppArgs.model_validate(args)
         self.model = ClipModel.func_or_class(app.model_settings(), app.runtime_config())
+        self.model.reconfigure({})  # the batch size and wait from the args, as Serve applies them
         self.options = options
         self.embeddings = embeddings
         self.loop = asyncio.new_event_loop()
@@ -41,14 +46,19 @@ class ImageScorer:
             else:
                 items.append(bytes(data))
         async def score_all() -> list:
+            # One image that fails unexpectedly (not bad input: a bug, a dead detector worker)
+            # is its own internal_error row, never the batch's end, nor the job's.
             return await asyncio.gather(*(self.model.try_classify(item, **self.options,
                                                                   with_embedding=self.embeddings)
-                                          for item in items))
+                                          for item in items), return_exceptions=True)
 
         # Ray Data calls from a thread of its own: one loop for every call (the model's batch
         # queue lives on it), set as this thread's.
         asyncio.set_event_loop(self.loop)
         outcomes = self.loop.run_until_complete(score_all())
+        for source, outcome in zip(batch["source"], outcomes):
+            if isinstance(outcome, Exception) and not isinstance(outcome, ModerationError):
+                logger.error("backfill: %s failed: %r", source, outcome, exc_info=outcome)
         version = self.model.trained.current.version
         rows = []
         for source, outcome in zip(batch["source"], outcomes):

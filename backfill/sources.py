@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ STORE_SCHEMES = ("s3", "gs")
 SOURCE_COLUMNS = ("source", "path", "url")
 MAX_CONCURRENT_FETCHES = 16
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+logger = logging.getLogger(__name__)
 
 
 def _is_image(name: str) -> bool:
@@ -76,12 +78,12 @@ def _resolve(entry: str, base: Path) -> str:
 
 
 def _from_txt(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
 def _from_csv(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     if not rows:
         return []
@@ -108,6 +110,23 @@ def _from_parquet(path: Path) -> list[str]:
 LIST_READERS = {".txt": _from_txt, ".csv": _from_csv, ".parquet": _from_parquet}
 
 
+def _text_names(paths) -> list[str]:
+    """Paths whose names are text: a file name that is not UTF-8 cannot go in a table's
+    ``source`` column (nor come back from it), so it is left out, with a warning."""
+    kept, skipped = [], 0
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            skipped += 1
+            continue
+        kept.append(path)
+    if skipped:
+        logger.warning("backfill: %d file(s) whose names are not UTF-8 left out (rename them to include them)",
+                       skipped)
+    return kept
+
+
 def list_sources(spec: str, filesystem=None) -> list[str]:
     """Every image source ``spec`` names, sorted (folders, prefixes) or in list order, without
     duplicates: a local folder (image files under it, recursively, as absolute paths), a
@@ -125,7 +144,7 @@ def list_sources(spec: str, filesystem=None) -> list[str]:
             files = [p for p in path.rglob("*") if _is_image(p.name) and p.is_file()]
         except OSError as exc:
             raise ValueError(f"cannot list {path}: {exc}") from None
-        return sorted(os.path.abspath(p) for p in files)
+        return sorted(_text_names(os.path.abspath(p) for p in files))
     if not path.exists():
         raise ValueError(f"no such folder or list: {path}")
     reader = LIST_READERS.get(path.suffix.lower())

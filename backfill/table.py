@@ -24,7 +24,7 @@ FORMATS = ("parquet", "jsonl")
 PART = re.compile(r"part-(\d{6})-[0-9a-f]{8}\.(parquet|jsonl)")
 TMP_SUFFIX = ".tmp"
 RESULT_FIELDS = ("top_label", "top_score", "unsafe_score", "flagged")
-ERROR_KEYS = ("flagged", "action", "model", "sha256", "pdq", "faces", "policies", "flagged_by")
+ERROR_KEYS = ("flagged", "action", "model", "sha256", "pdq", "pdq_quality", "faces", "policies", "flagged_by")
 
 
 def _error_row(source: str, exc: BaseException, heads_version: str | None) -> dict:
@@ -50,6 +50,7 @@ def row_of(source: str, outcome, heads_version: str | None, embedding=None) -> d
             "flagged": bool(outcome.flagged), "action": outcome.action, "model": outcome.model,
             "heads_version": heads_version,
             "sha256": hashes.sha256 if hashes else None, "pdq": hashes.pdq if hashes else None,
+            "pdq_quality": hashes.pdq_quality if hashes else None,
             "faces": None if outcome.faces is None else len(outcome.faces),
             "policies": [hit.name for hit in outcome.policies],
             "flagged_by": [r.name for r in outcome.results if r.flagged],
@@ -78,7 +79,7 @@ def _column_type(key: str):
     fixed = {"source": pa.string(), "ok": pa.bool_(), "error_code": pa.string(),
              "error_message": pa.string(), "status": pa.int64(), "flagged": pa.bool_(),
              "action": pa.string(), "model": pa.string(), "heads_version": pa.string(),
-             "sha256": pa.string(), "pdq": pa.string(), "faces": pa.int64(),
+             "sha256": pa.string(), "pdq": pa.string(), "pdq_quality": pa.int64(), "faces": pa.int64(),
              "policies": pa.list_(pa.string()), "flagged_by": pa.list_(pa.string()),
              "embedding": pa.list_(pa.float32())}
     if key in fixed:
@@ -192,6 +193,14 @@ def done_sources(dest: str | Path, fmt: str) -> set[str]:
             log.warning("deleting %s, which cannot be read (%s); its images will be done again", path, exc)
             path.unlink(missing_ok=True)
     return done
+
+
+def part_rows(dest: str | Path):
+    """Each complete part in ``dest`` (both formats) and its rows, in part order."""
+    import pyarrow.parquet as pq
+
+    for path in _parts(Path(dest)):
+        yield path, (_read_jsonl(path) if path.suffix == ".jsonl" else pq.read_table(path).to_pylist())
 
 
 def read_table(dest: str | Path, fmt: str):

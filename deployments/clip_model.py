@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from banks.hashes import PDQ_MAX_SIDE
+from banks.hashes import PDQ_MAX_SIDE, ImageHashes
 from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
 from classifiers.face_attributes import FACE_CROP_ATTRIBUTES
@@ -229,12 +229,16 @@ class ClipModel:
         labels: Sequence[str] | None = None,
         unsafe_labels: Sequence[str] = (),
         threshold: float | None = None,
+        hashes: ImageHashes | None = None,
     ) -> Classification:
         """Score a stored embedding (frames x dim, from ``with_embedding``) with today's
-        classifiers, trained heads, calibration, thresholds and policies, without pixels:
-        the same scoring as ``classify`` (faces, hashes and banks need pixels: none here)."""
+        classifiers, trained heads, calibration, thresholds and policies, without pixels: the
+        same scoring as ``classify``. ``hashes`` (stored with it) are matched against today's
+        banks (SHA-256, and PDQ as stored: not turned); faces need pixels (none here: face
+        conditions of policies do not hold)."""
         plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
-        return self._verdict(plan, np.atleast_2d(np.asarray(embedding, np.float32)), None, (), None,
+        matches = await asyncio.to_thread(self.known.match, hashes) if hashes is not None else ()
+        return self._verdict(plan, np.atleast_2d(np.asarray(embedding, np.float32)), hashes, matches, None,
                              cached=False, timing=(0.0, 0.0, 0))
 
     async def _plan(

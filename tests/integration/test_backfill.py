@@ -81,24 +81,30 @@ def test_a_folder_tree_gives_one_row_per_source_with_the_api_error_codes(local_r
     assert len(read_table(str(out), "parquet")) == len(expected)
 
 
-def test_the_service_and_the_backfill_give_the_same_scores(local_ray, args, tmp_path, tiny_clip_dir):
-    """One code path: the backfill's row for an image has the scores a model replica gives."""
+@ray.remote
+def classify_with_the_model_class(args: dict, data: bytes):
+    """The service's model class answering one image, in a Ray worker (not in this process:
+    a used ``@serve.batch`` method keeps state that stops Serve from pickling the class later)."""
     import asyncio
 
+    from backfill.scorer import batch_outside_serve
     from deployments.clip_model import ClipModel
     from deployments.settings import AppArgs
 
+    batch_outside_serve()
+    app = AppArgs.model_validate({**args, "torch_threads": 1})
+    model = ClipModel.func_or_class(app.model_settings(), app.runtime_config())
+    return asyncio.run(model.classify(data))
+
+
+def test_the_service_and_the_backfill_give_the_same_scores(local_ray, args, tmp_path):
+    """One code path: the backfill's row for an image has the scores the model class gives."""
     (tmp_path / "one").mkdir()
     data = jpeg(400, 300, seed=11)
     (tmp_path / "one" / "x.jpg").write_bytes(data)
     run_backfill(BackfillOptions(str(tmp_path / "one"), str(tmp_path / "t"), fmt="jsonl", progress=False), args)
     row = json.loads((next((tmp_path / "t").glob("part-*.jsonl"))).read_text().splitlines()[0])
-    from backfill.scorer import batch_outside_serve
-
-    batch_outside_serve()
-    app = AppArgs.model_validate({**args, "torch_threads": 1})
-    model = ClipModel.func_or_class(app.model_settings(), app.runtime_config())
-    served = asyncio.run(model.classify(data))
+    served = ray.get(classify_with_the_model_class.remote(args, data))
     for result in served.results:
         for label, value in result.scores.items():
             assert row[f"{result.name}.{label}"] == pytest.approx(value, abs=1e-5)

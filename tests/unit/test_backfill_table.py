@@ -53,7 +53,7 @@ def test_ok_row_is_flat():
     assert row == {
         "source": "a.jpg", "ok": True, "error_code": None, "error_message": None, "status": 200,
         "flagged": True, "action": "review", "model": "tiny-clip", "heads_version": "v3",
-        "sha256": "a" * 64, "pdq": "b" * 64, "faces": 2, "policies": ["minors"], "flagged_by": ["nsfw"],
+        "sha256": "a" * 64, "pdq": "b" * 64, "pdq_quality": 90, "faces": 2, "policies": ["minors"], "flagged_by": ["nsfw"],
         "nsfw.top_label": "explicit", "nsfw.top_score": 0.7, "nsfw.unsafe_score": 0.7, "nsfw.flagged": True,
         "nsfw.safe": 0.2, "nsfw.suggestive": 0.1, "nsfw.explicit": 0.7,
         "violence.top_label": "weapon", "violence.top_score": 0.3, "violence.unsafe_score": 0.3,
@@ -79,7 +79,7 @@ def test_error_row_has_the_fixed_keys_with_none():
     assert row == {
         "source": "bad.jpg", "ok": False, "error_code": "image_too_large",
         "error_message": "image_too_large happened", "status": 413, "flagged": None, "action": None,
-        "model": None, "heads_version": "v3", "sha256": None, "pdq": None, "faces": None,
+        "model": None, "heads_version": "v3", "sha256": None, "pdq": None, "pdq_quality": None, "faces": None,
         "policies": None, "flagged_by": None,
     }
     assert set(row) <= set(ok_row())
