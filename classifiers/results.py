@@ -11,8 +11,6 @@ if TYPE_CHECKING:
     from banks.hashes import ImageHashes
     from banks.index import Match
 
-# Bank actions by precedence: one `block` match outweighs any `allow`; `review` outweighs `allow`.
-ACTIONS = ("block", "review", "allow")
 
 
 @dataclass(frozen=True)
