@@ -83,19 +83,22 @@ def pdq_draft_size(width: int, height: int) -> tuple[int, int]:
 
 
 def pdq_input(image: Image.Image | np.ndarray) -> np.ndarray:
-    """What ``pdqhash.compute`` gets: ``(h, w, 3)`` uint8, C-contiguous, reduced to exactly 512x512 (box filter)
-    when either side exceeds ``PDQ_MAX_SIDE``. Alpha is dropped; greyscale is repeated into 3 channels (the
-    reference luma of equal R, G, B is that grey)."""
+    """What ``pdqhash.compute`` gets: ``(h, w, 3)`` uint8 whose three channels are the image's luma (a read-only
+    view of one grey plane), reduced to exactly 512x512 (box filter) when either side exceeds ``PDQ_MAX_SIDE``.
+
+    The luma is made first (PIL's ITU-R 601-2 weights, PDQ's own 0.299/0.587/0.114, rounded to whole grey levels)
+    and the one plane reduced: a third of the work of reducing three channels (1024x768: 2.3 -> 1.3 ms), and
+    ``pdqhash``'s own luma of three equal channels is that grey. Alpha is dropped."""
     if isinstance(image, np.ndarray):
         image = _array_image(image)
     if image.mode not in ("RGB", "L"):
         image = image.convert("L" if image.mode in ("LA", "1", "I", "I;16", "F") else "RGB")
+    if image.mode != "L":
+        image = image.convert("L")
     if image.width > PDQ_MAX_SIDE or image.height > PDQ_MAX_SIDE:
         image = image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), PDQ_RESAMPLE)
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(array)
+    grey = np.asarray(image, dtype=np.uint8)
+    return np.broadcast_to(grey[:, :, None], grey.shape + (3,))
 
 
 def pdq_hash(image: Image.Image | np.ndarray) -> tuple[str, int]:

@@ -187,13 +187,19 @@ def decode_frames(
                 factor = max(1.0, min(w / target[0], h / target[1]))
                 image.draft("RGB", (max(int(image.width / factor), min(image.width, draft_at_least)),
                                     max(int(image.height / factor), min(image.height, draft_at_least))))
+            # A JPEG decoded larger than its draft scale would give (PDQ and the face detector want
+            # >= 512 a side) is box-reduced by the power of two the draft would have used before the
+            # resize: the model then gets what it would get without them, at the draft path's cost
+            # (1024x768 to 224: 3.1 -> 1.7 ms).
+            reduce_by = _draft_reduction(_upright(image.size, orientation), target) if (
+                draft and image.format == "JPEG") else 1
             frames = []
             for n, index in enumerate(_frame_indices(image, max_frames, max_pixels)):
                 image.seek(index)
                 upright = _upright_rgb(image, orientation)
                 if n == 0 and first_frame is not None:
                     first_frame(upright, full_size)
-                frames.append(_fit(upright, spec, 1, target))
+                frames.append(_fit(upright.reduce(reduce_by) if reduce_by > 1 else upright, spec, 1, target))
             return np.stack(frames)
     except ModerationError:
         raise
@@ -201,6 +207,13 @@ def decode_frames(
         raise ModerationError("image_too_large", "the image has too many pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ModerationError("image_decode_error", f"the image could not be decoded: {exc}") from None
+
+
+def _draft_reduction(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The largest of 1, 2, 4, 8 that keeps ``size`` no smaller than ``target`` on both sides (how
+    JPEG's DCT-domain scaling picks its scale)."""
+    ratio = min(size[0] / target[0], size[1] / target[1])
+    return next((k for k in (8, 4, 2) if ratio >= k), 1)
 
 
 def upright_first_frame(data: bytes, max_pixels: int = 50_000_000, draft_at_least: int = 0) -> Image.Image:

@@ -180,6 +180,17 @@ def test_pdq_input_reduces_large_images_to_exactly_512_square():
     assert pdq_input(Image.new("L", (40, 30), 7)).shape == (30, 40, 3)
 
 
+def test_pdq_input_is_the_luma_reduced_once_and_hashes_as_the_rgb_reduction_did():
+    image = Image.fromarray(skdata.astronaut()).resize((1024, 768), Image.Resampling.BICUBIC)
+    grey = pdq_input(image)
+    assert grey.shape == (PDQ_MAX_SIDE, PDQ_MAX_SIDE, 3)
+    assert (grey[:, :, 0] == grey[:, :, 1]).all() and (grey[:, :, 0] == grey[:, :, 2]).all()
+    # Reducing the three channels, then the reference's float luma (what this did before): 0-2 bits apart.
+    rgb = np.asarray(image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), Image.Resampling.BOX))
+    bits, _ = pdqhash.compute(np.ascontiguousarray(rgb))
+    assert hamming(pdq_hash(image)[0], bits_to_hex(bits)) <= 2
+
+
 def test_array_pil_grey_and_alpha_inputs_agree():
     rgb = skdata.chelsea()
     image = Image.fromarray(rgb)

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from classifiers.errors import ModerationError
-from classifiers.preprocess import ImageSpec, decode_image
+from classifiers.preprocess import ImageSpec, _draft_reduction, decode_frames, decode_image
 from images import encode, jpeg, photo_like, png, png_bomb
 
 SPEC = ImageSpec(size=224)
@@ -49,6 +49,29 @@ def test_jpeg_draft_decode_stays_close_to_the_processor(size):
     ref = reference(full)
     assert np.abs(ours - ref).mean() < 0.03  # normalised units (~0.8 of one grey level)
     assert np.abs(ours - ref).max() < 0.6
+
+
+@pytest.mark.parametrize("size", [(4000, 3000), (1024, 768), (640, 480)])
+def test_a_jpeg_decoded_large_for_pdq_gives_the_model_what_the_draft_path_gives(size):
+    """PDQ and the face detector keep the decode >= 512 a side; the frame is then box-reduced by the
+    power of two the draft would have used, so the model's pixels barely depend on them."""
+    data = jpeg(*size, quality=92)
+    seen = []
+    large = decode_frames(data, SPEC, draft=True, first_frame=lambda frame, full: seen.append(frame.size),
+                          draft_at_least=512)[0]
+    assert min(seen[0]) >= min(512, *size)  # the hook got the large decode
+    draft_only = decode_image(data, SPEC, draft=True)
+    ref = reference(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.abs(normalised(large) - normalised(draft_only)).mean() < 0.03
+    assert np.abs(normalised(large) - ref).mean() < 0.03
+
+
+def test_draft_reduction_is_the_dct_scale_that_keeps_the_target():
+    assert _draft_reduction((1024, 768), (298, 224)) == 2
+    assert _draft_reduction((512, 384), (298, 224)) == 1
+    assert _draft_reduction((4000, 3000), (298, 224)) == 8
+    assert _draft_reduction((1000, 750), (298, 224)) == 2
+    assert _draft_reduction((200, 100), (448, 224)) == 1
 
 
 def test_jpeg_draft_decodes_at_reduced_scale_but_not_below_the_target(monkeypatch):
