@@ -29,6 +29,7 @@ from classifiers.registry import BUILTIN_CLASSIFIERS, select_builtins
 from classifiers.results import Classification, Face
 from classifiers.scoring import score
 from classifiers.trained import HeadSet
+from deployments.autoscaling import EXTRA_IMAGES
 from deployments.forward import MAX_LANES, ForwardLanes, default_lanes, worker_thread
 from deployments.head_registry import HeadRegistry
 from deployments.known_images import KnownImages, PdqOfFirstFrame, Seen, content_sha256
@@ -127,6 +128,7 @@ class ClipModel:
         self.custom_heads = HeadCache(settings.custom_head_cache_size)
         self._building: dict[tuple[str, ...], asyncio.Future] = {}  # custom heads being encoded
         self.metrics = ModelMetrics()
+        self._extra_images = 0  # images in multi-image calls beyond each call's first (autoscaling)
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         self._apply_policies()
@@ -221,6 +223,47 @@ class ClipModel:
             return await self._run(image, plan, wait_limit_s, with_embedding)
         except ModerationError as error:
             return error
+
+    async def try_classify_many(
+        self,
+        images: Sequence[bytes | np.ndarray | ModerationError],
+        classifiers: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        unsafe_labels: Sequence[str] = (),
+        threshold: float | None = None,
+        wait_limit_s: float | None = None,
+    ) -> list[Classification | ModerationError]:
+        """``try_classify`` for many images with one set of options, in one call: one outcome
+        per image, in order. Each image is decoded and joins the forward batches on its own, so
+        one bad image (or one unexpected failure, an ``internal_error`` item) never fails the
+        others. A call is one request to Serve's router; the autoscaler still counts every image
+        (``record_autoscaling_stats``, ``deployments/autoscaling.py``)."""
+        extra = max(0, len(images) - 1)
+        self._extra_images += extra
+        try:
+            try:
+                plan = await self._plan(classifiers, labels, unsafe_labels, threshold)
+            except ModerationError as error:
+                return [error] * len(images)
+            outcomes = await asyncio.gather(*(self._try_run(image, plan, wait_limit_s) for image in images))
+            return list(outcomes)
+        finally:
+            self._extra_images -= extra
+
+    async def _try_run(self, image, plan: _Plan, wait_limit_s: float | None) -> Classification | ModerationError:
+        try:
+            if isinstance(image, ModerationError):
+                return image
+            return await self._run(image, plan, wait_limit_s)
+        except ModerationError as error:
+            return error
+        except Exception:  # noqa: BLE001 - one image's failure is that image's answer, logged in full
+            logger.exception("classifying one image of a multi-image call failed")
+            return ModerationError("internal_error", "an internal error occurred")
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics hook (read by ``deployments.autoscaling``)."""
+        return {EXTRA_IMAGES: float(self._extra_images)}
 
     async def rescore(
         self,

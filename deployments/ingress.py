@@ -85,6 +85,37 @@ class Ingress:
         except ModerationError as error:
             return error
 
+    async def _classify_group(self, data: list[bytes], model_kwargs: dict) -> list:
+        """Several uploaded images in one model call: one outcome per image, in order."""
+        if len(data) == 1:
+            return [await self._classify_one(None, data[0], model_kwargs)]
+        try:
+            return await self._call(self.model.try_classify_many.remote(
+                data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
+        except ModerationError as error:  # the call itself failed (a replica died, a timeout)
+            return [error] * len(data)
+
+    async def _classify_entries(self, entries: list, model_kwargs: dict) -> list:
+        """Outcomes of a batch request's images, in order. Uploaded images go to the model in
+        calls of up to ``images_per_model_call`` (half the serving CPU per image of one call
+        each; inside the replica each still joins the forward batches on its own); a URL is
+        its own call, since the fetcher hands its bytes straight to the model."""
+        per_call = self.settings.images_per_model_call
+        uploads = [n for n, entry in enumerate(entries) if entry.url is None]
+        groups = [uploads[k:k + per_call] for k in range(0, len(uploads), per_call)]
+        urls = [n for n, entry in enumerate(entries) if entry.url is not None]
+        done = await asyncio.gather(
+            *(self._classify_group([entries[n].data for n in group], model_kwargs) for group in groups),
+            *(self._classify_one(entries[n].url, None, model_kwargs) for n in urls),
+        )
+        outcomes: list = [None] * len(entries)
+        for group, results in zip(groups, done):
+            for n, result in zip(group, results):
+                outcomes[n] = result
+        for n, result in zip(urls, done[len(groups):]):
+            outcomes[n] = result
+        return outcomes
+
     @app.post(
         "/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
         openapi_extra=CLASSIFY_BODY,
@@ -128,10 +159,7 @@ class Ingress:
             if not self.admission.try_enter(len(runnable)):  # a place per image
                 raise self.admission.overloaded()
             try:
-                # One model call per image: each joins the batches on its own, is routed to
-                # the least busy replica, and counts as ongoing for the autoscaler.
-                outcomes = await asyncio.gather(*(
-                    self._classify_one(e.url, e.data, parsed.model_kwargs) for e in runnable))
+                outcomes = await self._classify_entries(runnable, parsed.model_kwargs)
             finally:
                 self.admission.leave(len(runnable), sum(isinstance(o, Classification) for o in outcomes))
             codes = {getattr(o, "code", None) for o in outcomes}

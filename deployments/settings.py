@@ -307,6 +307,12 @@ class IngressSettings(_Strict):
         64_000_000, gt=0, description="Body limit of `POST /v1/classify/batch` (all its images "
         "together; each image is also held to `max_upload_bytes`).",
     )
+    images_per_model_call: int = Field(
+        16, ge=1, le=MAX_BATCH_IMAGES, description="Uploaded images of one `POST /v1/classify/batch` "
+        "sent to a model replica in one call (about half the serving CPU per image of a call each; "
+        "each image still joins the forward batches on its own and counts for the autoscaler). 1: a "
+        "call per image, spread over replicas image by image.",
+    )
     request_timeout_s: float = Field(30.0, gt=0)
     queue_deadline_ms: float = Field(
         500, gt=0, le=60_000, description="Longest a request should wait for its forward pass: "

@@ -313,6 +313,35 @@ def test_batch_images_join_the_model_batches_one_by_one(http):
     assert max(item["timing"]["batch_size"] for item in body["items"]) > 1
 
 
+def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
+    """20 uploads: the ingress sends them in calls of 16 and 4 (images_per_model_call); every
+    image is scored as if sent alone, a bad one fails alone."""
+    images = [jpeg(320, 240, seed=i) for i in range(20)]
+    images[7] = b"not an image at all"
+    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    body = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"}).json()
+    assert [item["id"] for item in body["items"]] == [f"{i}.jpg" for i in range(20)]
+    assert [item["index"] for item in body["items"] if item["error"]] == [7]
+    assert body["items"][7]["error"]["code"] == "unsupported_media_type"
+    for i in (0, 15, 16, 19):  # first and last of each call
+        alone = upload(http, data=images[i], classifiers="nudity").json()
+        assert_same_scores(body["items"][i]["results"], alone["results"])
+
+
+def test_handle_callers_classify_many_with_an_outcome_per_image(http):
+    handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
+    outcomes = handle.try_classify_many.remote([PHOTO, b"not an image", 12345, OTHER], ["gore"]).result()
+    assert [type(o).__name__ for o in outcomes] == ["Classification", "ModerationError", "ModerationError",
+                                                    "Classification"]
+    assert outcomes[1].code == "unsupported_media_type"
+    assert outcomes[2].code == "internal_error"  # an unexpected failure is that image's answer only
+    alone = handle.classify.remote(OTHER, ["gore"]).result()
+    assert outcomes[3].results[0].scores == pytest.approx(alone.results[0].scores, abs=1e-4)
+    bad_options = handle.try_classify_many.remote([PHOTO, OTHER], ["nope"]).result()
+    assert [o.code for o in bad_options] == ["unknown_classifier"] * 2
+    assert handle.record_autoscaling_stats.remote().result() == {"extra_images": 0.0}  # none in flight
+
+
 @pytest.mark.parametrize("request_kwargs, status, code", [
     ({"files": [("file", ("a.jpg", PHOTO, "image/jpeg"))] * 33}, 400, "invalid_request"),
     ({"json": {"images": [{"url": "http://127.0.0.1/a.jpg"}] * 33}}, 400, "invalid_request"),

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.app import build_app
+from deployments.autoscaling import images_policy
 from deployments.clip_model import ClipModel
 from deployments.fetcher import ImageFetcher
 from deployments.ingress import Ingress
@@ -37,6 +39,9 @@ def test_config_deployments_are_the_ones_the_code_defines(config):
     model = next(d for d in app["deployments"] if d["name"] == "ClipModel")
     auto = model["autoscaling_config"]
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] >= auto["min_replicas"]
+    # Multi-image calls count every image (deployments/autoscaling.py); Serve resolves the path.
+    assert auto["policy"]["policy_function"] == "deployments.autoscaling:images_policy"
+    assert AutoscalingConfig(**auto).policy.get_policy().__qualname__ == images_policy.__qualname__
     assert model["max_ongoing_requests"] >= app["args"]["max_batch_size"]
     assert model["max_queued_requests"] > 0  # bounded: overload answers 503 instead of queueing
 
