@@ -129,3 +129,38 @@ def test_model_scales_from_one_to_two_replicas_and_back(cluster):
         time.sleep(0.5)
     assert running("ClipModel") == 1
     print(f"scaled 1 -> 2 -> 1 replicas; {len(codes)} requests under load, all 200")
+
+
+def test_multi_image_requests_scale_the_model_by_their_images(cluster):
+    """Two callers, each with one 16-image request at a time: Serve's own policy sees at most 2
+    ongoing calls against a target of 2 per replica and would keep one replica; counting the
+    images (deployments/autoscaling.py) asks for more."""
+    assert running("ClipModel") == 1
+    stop, codes = threading.Event(), []
+    files = [("file", (f"{i}.jpg", jpeg(320, 240, seed=i), "image/jpeg")) for i in range(16)]
+
+    def client() -> None:
+        with httpx.Client(base_url=cluster["url"], timeout=60) as http:
+            while not stop.is_set():
+                response = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"})
+                ok = response.status_code == 200 and response.json()["errors"] == 0
+                codes.append(response.status_code if ok else -1)
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while running("ClipModel") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        scaled_up = running("ClipModel")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert scaled_up == 2, serve.status().applications["moderation"].deployments["ClipModel"]
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    deadline = time.monotonic() + 60
+    while running("ClipModel") > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running("ClipModel") == 1
