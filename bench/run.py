@@ -128,7 +128,7 @@ def mean_ceiling(first: dict, last: dict) -> dict:
 
 
 def service_config(model: str, device: str, dtype: str, port: int, batch: int, threads: int,
-                   lanes: int, path: Path, engine: str = "auto") -> None:
+                   lanes: int, path: Path, engine: str = "auto", pdq: bool = True) -> None:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
@@ -136,7 +136,7 @@ def service_config(model: str, device: str, dtype: str, port: int, batch: int, t
                        torch_threads=threads, forward_lanes=lanes, engine=engine,
                        # the load sends a few images in rotation: measure the model path, not the cache;
                        # faces off (bench.faces measures them), so figures compare with earlier runs
-                       known_images={"cache_size": 0}, faces={"enabled": False})
+                       known_images={"cache_size": 0, "pdq": pdq}, faces={"enabled": False})
     for deployment in app["deployments"]:
         if deployment["name"] == "ClipModel":  # one replica with the ceiling's threads
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-concurrency", type=int, nargs="+", default=[2, 4],
                         help="requests in flight for the multi-image load")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--no-pdq", action="store_true",
+                        help="the service without PDQ hashing (known_images.pdq: false; on by default)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or ([1, 8, 32, 128] if args.device.startswith("cuda") else [1, 8, 32])
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     print("service ...", file=sys.stderr)
     port = free_port()
     config = work / "serve_config.yaml"
-    service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config, args.engine)
+    service_config(model, args.device, args.dtype, port, args.batch, args.threads, args.lanes, config, args.engine,
+                   pdq=not args.no_pdq)
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # a private cluster
     env["PYTHONUNBUFFERED"] = "1"  # the log keeps what the launcher printed even if it is killed
     (work / "haproxy").mkdir()
