@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
-from banks.hashes import PDQ_MAX_SIDE, ImageHashes
+from banks.hashes import ImageHashes, pdq_draft_size
 from classifiers.calibration import load_calibration, temperatures
 from classifiers.errors import ModerationError
 from classifiers.face_attributes import FACE_CROP_ATTRIBUTES
@@ -407,10 +407,10 @@ class ClipModel:
                 first_frame(upright, upright.size)
         else:
             # A JPEG is draft-decoded no smaller than what PDQ and the face detector look at.
-            at_least = max(PDQ_MAX_SIDE if pdq is not None else 0,
-                           self.settings.faces.detect_max_side if finder is not None else 0)
+            at_least = self.settings.faces.detect_max_side if finder is not None else 0
             frames = decode_frames(image, spec, max_pixels, self.settings.jpeg_draft, self.settings.max_frames,
-                                   first_frame if hooks else None, at_least)
+                                   first_frame if hooks else None, at_least,
+                                   pdq_draft_size if pdq is not None else None)
         if finder is not None:
             detail = finder.detail_side() if isinstance(image, bytes) else 0
             # A face small in a JPEG decoded at reduced scale gets its crop from a sharper decode.

@@ -60,10 +60,10 @@ class PdqOfFirstFrame:
 
     def __call__(self, frame: Image.Image, full_size: tuple[int, int] | None = None) -> None:
         if self.turned:
-            hashes, quality = pdq_dihedral(frame)
+            hashes, quality = pdq_dihedral(frame, full_size)
             self.pdq = (hashes[0], quality, hashes[1:])
         else:
-            self.pdq = (*pdq_hash(frame), ())
+            self.pdq = (*pdq_hash(frame, full_size), ())
 
 
 class KnownImages:

@@ -29,6 +29,7 @@ from banks.hashes import (
     PDQ_MAX_SIDE,
     ImageHashes,
     bits_to_hex,
+    file_hashes,
     code_to_hex,
     hamming,
     hex_to_bits,
@@ -215,16 +216,49 @@ def test_tiny_and_bad_inputs():
         pdq_hash(np.zeros((0, 4, 3), np.uint8))
 
 
+PHOTOS_FOR_DRAFTS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field",
+                     "retina", "page", "text", "moon", "horse", "brick", "grass", "gravel", "colorwheel")
+
+
 def test_draft_decoding_at_pdq_draft_size_keeps_the_hash():
-    big = Image.fromarray(skdata.astronaut()).resize((2048, 1536), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    big.save(buf, "JPEG", quality=90)
-    full = Image.open(io.BytesIO(buf.getvalue()))
-    draft = Image.open(io.BytesIO(buf.getvalue()))
-    draft.draft("RGB", pdq_draft_size(*draft.size))
-    assert draft.size == (1024, 768)  # 1/2: 1/4 would be 512x384, below 512
-    assert hamming(pdq_hash(full)[0], pdq_hash(draft)[0]) <= 8
-    assert pdq_draft_size(300, 4000) == (300, 512)
+    """A JPEG over 512 decoded as small as 256 a side, brought to 512x512 by its original's size: near
+    the full decode's hash. The same decode hashed as it is (by its own size) is not."""
+    kept, as_is = [], []
+    for name in PHOTOS_FOR_DRAFTS:
+        photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        for size in ((1024, 768), (768, 1024), (4000, 3000)):
+            buf = io.BytesIO()
+            photo.resize(size, Image.Resampling.LANCZOS).save(buf, "JPEG", quality=90)
+            full = Image.open(io.BytesIO(buf.getvalue()))
+            draft = Image.open(io.BytesIO(buf.getvalue()))
+            draft.draft("RGB", pdq_draft_size(*draft.size))
+            assert min(draft.size) >= 256 and max(draft.size) <= max(size) // 2
+            reference = pdq_hash(full)[0]
+            kept.append(hamming(reference, pdq_hash(draft, full_size=size)[0]))
+            as_is.append(hamming(reference, pdq_hash(draft)[0]))
+    assert max(kept) <= 8 and np.mean(kept) <= 2, kept
+    assert np.mean(as_is) > 4 * np.mean(kept), (as_is, kept)
+    assert pdq_draft_size(300, 4000) == (256, 256)
+    assert pdq_draft_size(512, 500) == (512, 500)  # not over 512: hashed as it is, so never reduced
+
+
+def test_pdq_input_geometry_follows_the_original_size():
+    frame = Image.new("RGB", (512, 384), "white")
+    assert pdq_input(frame).shape == (384, 512, 3)  # an original of 512x384: as it is
+    assert pdq_input(frame, full_size=(1024, 768)).shape == (PDQ_MAX_SIDE, PDQ_MAX_SIDE, 3)
+    assert pdq_input(Image.new("L", (300, 200)), full_size=(300, 200)).shape == (200, 300, 3)
+
+
+def test_file_hashes_equal_the_services_decode_of_the_same_jpeg(tmp_path):
+    from classifiers.preprocess import ImageSpec, decode_frames
+    from deployments.known_images import PdqOfFirstFrame
+
+    photo = Image.fromarray(skdata.astronaut()).resize((2048, 1536), Image.Resampling.LANCZOS)
+    path = tmp_path / "a.jpg"
+    photo.save(path, "JPEG", quality=90)
+    hook = PdqOfFirstFrame()
+    decode_frames(path.read_bytes(), ImageSpec(), first_frame=hook, draft_floor=pdq_draft_size)
+    assert file_hashes(path).pdq == hook.pdq[0]
 
 
 def test_sha256_and_image_hashes():
