@@ -1,8 +1,10 @@
-// The try-it page: no build step, no CDN. Talks to /v1/classifiers and /v1/classify.
+// The try-it page: no build step, no CDN. Talks to /v1/classifiers, /v1/classify and, for
+// several files at once, /v1/classify/batch.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let chosenFile = null;
+let chosenFiles = [];  // two or more files: classified together in one batch request
 let shownFaces = 0;  // bumped on each new preview or answer: a late image load draws only the latest faces
 
 function setStatus(text, isError = false) {
@@ -47,11 +49,21 @@ function showPreview(src) {
   $("drop-text").textContent = "Drop another image, or";
 }
 
-function pickFile(file) {
-  if (!file) return;
-  chosenFile = file;
+function pickFiles(files) {
+  files = [...(files || [])];
+  if (!files.length) return;
   $("url").value = "";
-  showPreview(URL.createObjectURL(file));
+  if (files.length === 1) {
+    chosenFile = files[0];
+    chosenFiles = [];
+    showPreview(URL.createObjectURL(files[0]));
+    return;
+  }
+  chosenFile = null;
+  chosenFiles = files;
+  clearPreview();
+  const names = files.slice(0, 3).map((f) => f.name).join(", ") + (files.length > 3 ? ", …" : "");
+  $("drop-text").textContent = `${files.length} images chosen (${names}). Drop others, or`;
 }
 
 // Sent as "Authorization: Bearer <key>" when the service has API keys; kept only in the page.
@@ -210,16 +222,79 @@ function matchesCard(body) {
   return el;
 }
 
+function batchTable(body) {
+  // One row per image, in the order sent: its decision, or its own error (one bad image never
+  // fails the others), and each classifier's top label.
+  const names = [...new Set(body.items.flatMap((item) => Object.keys(item.results || {})))];
+  const table = Object.assign(document.createElement("table"), { className: "batch", id: "batch" });
+  const head = table.createTHead().insertRow();
+  ["#", "image", "decision", ...names.map((n) => n.replace("_", " "))].forEach((text) =>
+    head.append(Object.assign(document.createElement("th"), { scope: "col", textContent: text })));
+  const rows = table.createTBody();
+  body.items.forEach((item) => {
+    const row = rows.insertRow();
+    row.dataset.index = String(item.index);
+    row.insertCell().textContent = String(item.index + 1);
+    row.insertCell().textContent = item.id || "";
+    const decision = row.insertCell();
+    if (item.error) {
+      row.className = "error-row";
+      decision.textContent = `Error ${item.error.status} ${item.error.code}: ${item.error.message}`;
+      decision.colSpan = names.length + 1;
+      return;
+    }
+    decision.append(Object.assign(document.createElement("span"), {
+      className: `badge ${item.flagged ? "flagged" : "clear"}`,
+      textContent: (item.flagged ? "FLAGGED" : "not flagged") + (item.action ? ` · ${item.action}` : ""),
+    }));
+    names.forEach((name) => {
+      const result = item.results[name];
+      const cell = row.insertCell();
+      if (!result) return;
+      cell.textContent = `${result.top_label} ${result.top_score.toFixed(3)}`;
+      if (result.flagged) cell.className = "flagged-cell";
+    });
+  });
+  return table;
+}
+
+async function classifyMany(files, classifiers, labels) {
+  const form = new FormData();
+  files.forEach((file) => form.append("file", file, file.name));
+  form.append("classifiers", JSON.stringify(classifiers));
+  if (labels.length) form.append("labels", JSON.stringify(labels));
+  const response = await fetch("/v1/classify/batch", { method: "POST", headers: authHeaders(), body: form });
+  const body = await readJson(response);
+  if (!response.ok) {
+    const e = body.error || { code: "http_" + response.status, message: response.statusText };
+    setStatus(`Error ${response.status} ${e.code}: ${e.message}`, true);
+    return;
+  }
+  $("results").replaceChildren(batchTable(body));
+  const flagged = body.items.filter((item) => item.flagged).length;
+  setStatus(`${body.items.length} images: ${flagged} flagged, ${body.errors} ` +
+            `${body.errors === 1 ? "error" : "errors"} · model ${body.model || "none"} · ${body.total_ms.toFixed(0)} ms`);
+}
+
 async function classify(event) {
   event.preventDefault();
   const url = $("url").value.trim();
   const classifiers = [...document.querySelectorAll("input[name=classifier]:checked")].map((i) => i.value);
   const labels = $("labels").value.split(",").map((s) => s.trim()).filter(Boolean);
   if ($("submit").getAttribute("aria-busy")) return;
-  if (!chosenFile && !url) { setStatus("Choose an image file or enter a URL first.", true); return; }
+  if (!chosenFile && !chosenFiles.length && !url) { setStatus("Choose an image file or enter a URL first.", true); return; }
   if (url && !isHttpUrl(url)) { setStatus("The URL must start with http:// or https://.", true); return; }
   if (!classifiers.length && labels.length < 2) {
     setStatus("Pick at least one classifier, or type two or more custom labels.", true); return;
+  }
+  if (!url && chosenFiles.length) {
+    $("submit").setAttribute("aria-busy", "true");
+    setStatus(`Classifying ${chosenFiles.length} images…`);
+    $("results").replaceChildren();
+    try { await classifyMany(chosenFiles, classifiers, labels); }
+    catch (err) { setStatus(`Request failed: ${err.message}`, true); }
+    finally { $("submit").removeAttribute("aria-busy"); }
+    return;
   }
   let request;
   if (url) {
@@ -263,16 +338,16 @@ async function classify(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => pickFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => pickFiles(e.target.files));
   $("choose").addEventListener("click", () => $("file").click());
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); pickFile(e.dataTransfer.files[0]); });
+  drop.addEventListener("drop", (e) => { e.preventDefault(); pickFiles(e.dataTransfer.files); });
   drop.addEventListener("click", (e) => { if (e.target === drop || e.target.id === "drop-text") $("file").click(); });
   $("url").addEventListener("change", (e) => {  // on commit, not per keystroke
     const url = e.target.value.trim();
-    if (url) { chosenFile = null; $("file").value = ""; }
-    if (isHttpUrl(url)) showPreview(url); else if (!chosenFile) clearPreview();
+    if (url) { chosenFile = null; chosenFiles = []; $("file").value = ""; }
+    if (isHttpUrl(url)) showPreview(url); else if (!chosenFile && !chosenFiles.length) clearPreview();
   });
   $("form").addEventListener("submit", classify);
   $("api-key").addEventListener("change", loadClassifiers);  // a key may unlock the list

@@ -209,6 +209,38 @@ def test_keyboard_reaches_the_file_chooser_and_page_fits_a_phone(page, browser, 
     phone.close()
 
 
+def test_several_files_are_classified_together_each_in_its_row(page, photo, astronaut, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    page.uncheck("input[value=face_attributes]")
+    page.set_input_files("#file", [str(photo), str(broken), str(astronaut)])
+    assert "3 images chosen (photo.jpg, broken.jpg, astronaut.jpg)" in page.locator("#drop-text").inner_text()
+    assert page.locator("#preview").is_hidden()
+    with page.expect_response(lambda r: r.url.endswith("/v1/classify/batch")) as answer:
+        page.click("#submit")
+    assert answer.value.status == 200
+    page.wait_for_selector("table#batch")
+    headers = page.locator("table#batch th").all_inner_texts()
+    assert headers == ["#", "image", "decision", "nudity", "gore", "offensive"]
+    rows = page.locator("table#batch tbody tr")
+    assert rows.count() == 3
+    assert rows.nth(0).locator("td").nth(1).inner_text() == "photo.jpg"
+    assert "unsupported_media_type" in rows.nth(1).inner_text() and "415" in rows.nth(1).inner_text()
+    for i in (0, 2):
+        decision = rows.nth(i).locator("td").nth(2).inner_text()
+        assert decision.startswith(("FLAGGED", "not flagged"))
+        label, score = rows.nth(i).locator("td").nth(3).inner_text().rsplit(" ", 1)
+        assert label in ("explicit", "suggestive", "none") and 0 <= float(score) <= 1
+    assert re.match(r"3 images: \d flagged, 1 error · model ", page.locator("#status").inner_text())
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-ui-batch.png"), full_page=True)
+    page.set_input_files("#file", str(photo))  # one file again: the single-image view
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)
+    page.click("#submit")
+    page.wait_for_selector("article.card")
+    assert page.locator("table#batch").count() == 0
+
+
 def test_policies_that_held_are_in_the_status_line(page, base_url, tiny_clip_dir, astronaut):
     """Redeploys the app with two policies that hold for any face (the next test redeploys again)."""
     from classifiers.policies import Policy
@@ -252,3 +284,4 @@ def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, base_url
         assert "model" in page.locator("#status").inner_text()
     finally:
         page.close()
+
