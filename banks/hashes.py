@@ -94,8 +94,8 @@ def pdq_draft_size(width: int, height: int) -> tuple[int, int]:
 
 
 def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None = None) -> np.ndarray:
-    """What ``pdqhash.compute`` gets: ``(h, w, 3)`` uint8 whose three channels are the image's luma (a read-only
-    view of one grey plane), reduced to exactly 512x512 (box filter) when either side exceeds ``PDQ_MAX_SIDE``.
+    """What ``pdqhash.compute`` gets: ``(h, w, 3)`` uint8 whose three channels are the image's luma, reduced
+    to exactly 512x512 (box filter) when either side exceeds ``PDQ_MAX_SIDE``.
 
     The luma is made first (PIL's ITU-R 601-2 weights, PDQ's own 0.299/0.587/0.114, rounded to whole grey levels)
     and the one plane reduced: a third of the work of reducing three channels (1024x768: 2.3 -> 1.3 ms), and
@@ -114,8 +114,9 @@ def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None
     if (width > PDQ_MAX_SIDE or height > PDQ_MAX_SIDE) and image.size != (PDQ_MAX_SIDE, PDQ_MAX_SIDE):
         larger = image.width >= PDQ_MAX_SIDE and image.height >= PDQ_MAX_SIDE
         image = image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), PDQ_RESAMPLE if larger else Image.Resampling.BICUBIC)
-    grey = np.asarray(image, dtype=np.uint8)
-    return np.broadcast_to(grey[:, :, None], grey.shape + (3,))
+    # Three contiguous copies of the plane: pdqhash's own luma reads them 0.7 ms faster (512x512) than a
+    # broadcast view of one.
+    return np.asarray(Image.merge("RGB", (image, image, image)), dtype=np.uint8)
 
 
 def pdq_hash(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None = None) -> tuple[str, int]:
