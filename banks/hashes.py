@@ -102,8 +102,8 @@ def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None
     ``pdqhash``'s own luma of three equal channels is that grey. Alpha is dropped.
 
     ``full_size``: the original's (width, height) when ``image`` is a reduced decode of it (``pdq_draft_size``):
-    the original's size decides the geometry; a decode below 512 on a side is brought to 512x512 by bicubic
-    interpolation, one at or above it by the box filter."""
+    the original's size decides the geometry, and such a decode below 512 on a side is brought to 512x512 by
+    bicubic interpolation (anything else by the box filter)."""
     if isinstance(image, np.ndarray):
         image = _array_image(image)
     if image.mode not in ("RGB", "L"):
@@ -112,8 +112,8 @@ def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None
         image = image.convert("L")
     width, height = full_size or image.size
     if (width > PDQ_MAX_SIDE or height > PDQ_MAX_SIDE) and image.size != (PDQ_MAX_SIDE, PDQ_MAX_SIDE):
-        larger = image.width >= PDQ_MAX_SIDE and image.height >= PDQ_MAX_SIDE
-        image = image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), PDQ_RESAMPLE if larger else Image.Resampling.BICUBIC)
+        drafted_small = (width, height) != image.size and min(image.size) < PDQ_MAX_SIDE
+        image = image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), Image.Resampling.BICUBIC if drafted_small else PDQ_RESAMPLE)
     # Three contiguous copies of the plane: pdqhash's own luma reads them 0.7 ms faster (512x512) than a
     # broadcast view of one.
     return np.asarray(Image.merge("RGB", (image, image, image)), dtype=np.uint8)

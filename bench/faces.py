@@ -42,6 +42,7 @@ def photo_with_face(width: int, height: int, seed: int = 0) -> bytes:
 def time_detection(detector: str, data: bytes, repeats: int) -> dict:
     import cv2
 
+    from banks.hashes import pdq_draft_size
     from classifiers.faces import FaceFinder, FacesOfFirstFrame, load_detector
     from classifiers.preprocess import ImageSpec, decode_frames, upright_first_frame
     from deployments.settings import FacesSettings
@@ -54,8 +55,9 @@ def time_detection(detector: str, data: bytes, repeats: int) -> dict:
     def run(with_faces: bool) -> tuple[float, int]:
         hook = FacesOfFirstFrame(finder, spec, settings.crop_margin) if with_faces else None
         start = time.perf_counter()
-        # As the replica: a JPEG is draft-decoded no smaller than PDQ's 512 (and the detector's side).
-        decode_frames(data, spec, first_frame=hook, draft_at_least=max(512, settings.detect_max_side if hook else 0))
+        # As the replica: a JPEG is draft-decoded no smaller than PDQ's floor and the detector's side.
+        decode_frames(data, spec, first_frame=hook, draft_at_least=settings.detect_max_side if hook else 0,
+                      draft_floor=pdq_draft_size)
         if hook is not None:  # the crops, from a sharper decode where a face is small in this one
             detail = hook.detail_side()
             hook.cut(upright_first_frame(data, draft_at_least=detail) if detail else None)

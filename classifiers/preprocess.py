@@ -169,10 +169,9 @@ def decode_frames(
     frames (never thousands). ``first_frame``, if given, is called with the first frame,
     upright and RGB, as decoded (at draft scale) before any resize, and the original's upright
     ``(width, height)`` (the PDQ hash and face detection are made from them);
-    ``draft_at_least`` keeps each side of a draft-decoded JPEG at least this large (PDQ's 512:
-    hashes of images decoded smaller moved by up to 30 bits); ``draft_floor(width, height)``, if
-    given, is the least (width, height) a draft decode may give, per image (PDQ's
-    ``pdq_draft_size``). Raises ``ModerationError`` with ``unsupported_media_type``,
+    ``draft_at_least`` keeps each side of a draft-decoded JPEG at least this large (the face
+    detector's ``detect_max_side``); ``draft_floor(width, height)``, if given, is the least
+    (width, height) a draft decode may give, per image (PDQ's ``pdq_draft_size``). Raises ``ModerationError`` with ``unsupported_media_type``,
     ``image_too_large`` or ``image_decode_error``: bad input never escapes as another exception.
     """
     image = _open(data, max_pixels)
@@ -191,8 +190,8 @@ def decode_frames(
                 floor_w, floor_h = draft_floor(*image.size) if draft_floor is not None else (0, 0)
                 image.draft("RGB", (max(int(image.width / factor), min(image.width, draft_at_least), floor_w),
                                     max(int(image.height / factor), min(image.height, draft_at_least), floor_h)))
-            # A JPEG decoded larger than its draft scale would give (PDQ and the face detector want
-            # >= 512 a side) is box-reduced by the power of two the draft would have used before the
+            # A JPEG decoded larger than its draft scale would give (the face detector wants >= 512
+            # a side, PDQ >= 256) is box-reduced by the power of two the draft would have used before the
             # resize: the model then gets what it would get without them, at the draft path's cost
             # (1024x768 to 224: 3.1 -> 1.7 ms).
             reduce_by = _draft_reduction(_upright(image.size, orientation), target) if (
@@ -224,6 +223,26 @@ def upright_first_frame(data: bytes, max_pixels: int = 50_000_000, draft_at_leas
     """The first frame, upright and RGB, as ``decode_frames`` hands it to ``first_frame`` (a
     JPEG decoded at the smallest draft scale that keeps each side ``draft_at_least``)."""
     return upright_first_frame_sized(data, max_pixels, draft_at_least)[0]
+
+
+def first_frame_at_draft(
+    data: bytes, frame: Image.Image, draft_floor: Callable[[int, int], tuple[int, int]],
+    max_pixels: int = 50_000_000,
+) -> Image.Image:
+    """``frame`` (the first frame as ``decode_frames`` decoded it, upright) if it is what a decode
+    with only ``draft_floor`` gives, else that decode: a hash made from it then depends on the
+    file alone, not on how large the model or the face detector wanted it decoded (``jpeg_draft``,
+    faces, a 384-pixel checkpoint). Reads the header again; decodes again only on a mismatch."""
+    image = _open(data, max_pixels)
+    try:
+        orientation = _orientation(image)
+        if image.format == "JPEG":
+            image.draft("RGB", draft_floor(*image.size))  # sets the scale; nothing decoded yet
+        if _upright(image.size, orientation) == frame.size:
+            return frame
+        return _upright_rgb(image, orientation)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ModerationError("image_decode_error", f"the image could not be decoded: {exc}") from None
 
 
 def upright_first_frame_sized(

@@ -391,7 +391,8 @@ class ClipModel:
     def _decode_sync(self, image: bytes | np.ndarray, sha256: str, faces: bool):
         spec, max_pixels = self.encoder.image_spec, self.settings.max_image_pixels
         known = self.settings.known_images
-        pdq = PdqOfFirstFrame(known.pdq_turned) if known.pdq else None
+        pdq = (PdqOfFirstFrame(known.pdq_turned, image if isinstance(image, bytes) else None, max_pixels)
+               if known.pdq else None)
         finder = (FacesOfFirstFrame(self.faces, spec, self.settings.faces.crop_margin, self.settings.faces.attributes)
                   if faces else None)
         hooks = [hook for hook in (pdq, finder) if hook is not None]
@@ -406,7 +407,8 @@ class ClipModel:
                 upright = Image.fromarray(image).convert("RGB")
                 first_frame(upright, upright.size)
         else:
-            # A JPEG is draft-decoded no smaller than what PDQ and the face detector look at.
+            # A JPEG is draft-decoded no smaller than what the face detector looks at, nor than
+            # PDQ's floor (the hook decodes again at that floor when this decode is larger).
             at_least = self.settings.faces.detect_max_side if finder is not None else 0
             frames = decode_frames(image, spec, max_pixels, self.settings.jpeg_draft, self.settings.max_frames,
                                    first_frame if hooks else None, at_least,

@@ -90,10 +90,13 @@ class Ingress:
         if len(data) == 1:
             return [await self._classify_one(None, data[0], model_kwargs)]
         try:
-            return await self._call(self.model.try_classify_many.remote(
+            outcomes = await self._call(self.model.try_classify_many.remote(
                 data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
         except ModerationError as error:  # the call itself failed (a replica died, a timeout)
             return [error] * len(data)
+        if len(outcomes) != len(data):  # never expected; no image may get another's answer
+            return [as_moderation_error(RuntimeError(f"{len(outcomes)} answers to {len(data)} images"))] * len(data)
+        return outcomes
 
     async def _classify_entries(self, entries: list, model_kwargs: dict) -> list:
         """Outcomes of a batch request's images, in order. Uploaded images go to the model in

@@ -23,9 +23,10 @@ import numpy as np
 from cachetools import TTLCache
 from PIL import Image
 
-from banks.hashes import ImageHashes, pdq_dihedral, pdq_hash, sha256_hex
+from banks.hashes import ImageHashes, pdq_dihedral, pdq_draft_size, pdq_hash, sha256_hex
 from banks.index import SEVERITY, HashIndex, Match
 from banks.store import BankStore
+from classifiers.preprocess import first_frame_at_draft
 from deployments.settings import KnownImagesSettings
 
 logger = logging.getLogger("ray.serve")
@@ -52,13 +53,19 @@ def content_sha256(image: bytes | np.ndarray) -> str:
 
 class PdqOfFirstFrame:
     """``decode_frames``'s ``first_frame`` hook: keeps the PDQ hash of the first frame (and, with
-    ``turned``, its 7 turned and mirrored hashes, from the same pass)."""
+    ``turned``, its 7 turned and mirrored hashes, from the same pass). With the file's ``data``,
+    the frame hashed is the one ``pdq_draft_size`` allows (decoded again if the model's decode
+    was larger), so the hash is the file's, whatever the request asked for (``file_hashes``
+    makes the same)."""
 
-    def __init__(self, turned: bool = False) -> None:
+    def __init__(self, turned: bool = False, data: bytes | None = None, max_pixels: int = 50_000_000) -> None:
         self.turned = turned
+        self.data, self.max_pixels = data, max_pixels
         self.pdq: tuple[str, int, tuple[str, ...]] | None = None
 
     def __call__(self, frame: Image.Image, full_size: tuple[int, int] | None = None) -> None:
+        if self.data is not None:
+            frame = first_frame_at_draft(self.data, frame, pdq_draft_size, self.max_pixels)
         if self.turned:
             hashes, quality = pdq_dihedral(frame, full_size)
             self.pdq = (hashes[0], quality, hashes[1:])

@@ -100,34 +100,45 @@ def test_requests_are_served_with_replicas_where_the_config_puts_them(cluster, i
     assert len(replica_nodes("Ingress")) == 2  # min_replicas of the cluster config
 
 
-def test_model_scales_from_one_to_two_replicas_and_back(cluster):
-    assert running("ClipModel") == 1
+def replicas_under_load(url: str, send, callers: int) -> tuple[int, list[int]]:
+    """``callers`` threads each calling ``send(http)`` (an answer's status, -1 for a wrong one)
+    until the model runs two replicas or 60 s pass: the replicas then, and every status."""
     stop, codes = threading.Event(), []
 
     def client() -> None:
-        with httpx.Client(base_url=cluster["url"], timeout=60) as http:
+        with httpx.Client(base_url=url, timeout=60) as http:
             while not stop.is_set():
-                codes.append(http.post("/v1/classify", files={"file": ("a.jpg", PHOTO, "image/jpeg")}).status_code)
+                codes.append(send(http))
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads = [threading.Thread(target=client) for _ in range(callers)]
     for thread in threads:
         thread.start()
     try:
         deadline = time.monotonic() + 60
         while running("ClipModel") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        scaled_up = running("ClipModel")
+        return running("ClipModel"), codes
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
-    assert scaled_up == 2, serve.status().applications["moderation"].deployments["ClipModel"]
-    assert set(replica_nodes("ClipModel")) == {cluster["gpu"]}  # both on the GPU node
-    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def back_to_one_replica() -> None:
     deadline = time.monotonic() + 60
     while running("ClipModel") > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert running("ClipModel") == 1
+
+
+def test_model_scales_from_one_to_two_replicas_and_back(cluster):
+    assert running("ClipModel") == 1
+    scaled_up, codes = replicas_under_load(cluster["url"], lambda http: http.post(
+        "/v1/classify", files={"file": ("a.jpg", PHOTO, "image/jpeg")}).status_code, callers=8)
+    assert scaled_up == 2, serve.status().applications["moderation"].deployments["ClipModel"]
+    assert set(replica_nodes("ClipModel")) == {cluster["gpu"]}  # both on the GPU node
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    back_to_one_replica()
     print(f"scaled 1 -> 2 -> 1 replicas; {len(codes)} requests under load, all 200")
 
 
@@ -136,31 +147,13 @@ def test_multi_image_requests_scale_the_model_by_their_images(cluster):
     ongoing calls against a target of 2 per replica and would keep one replica; counting the
     images (deployments/autoscaling.py) asks for more."""
     assert running("ClipModel") == 1
-    stop, codes = threading.Event(), []
     files = [("file", (f"{i}.jpg", jpeg(320, 240, seed=i), "image/jpeg")) for i in range(16)]
 
-    def client() -> None:
-        with httpx.Client(base_url=cluster["url"], timeout=60) as http:
-            while not stop.is_set():
-                response = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"})
-                ok = response.status_code == 200 and response.json()["errors"] == 0
-                codes.append(response.status_code if ok else -1)
+    def send(http) -> int:
+        response = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"})
+        return response.status_code if response.status_code == 200 and response.json()["errors"] == 0 else -1
 
-    threads = [threading.Thread(target=client) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while running("ClipModel") < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        scaled_up = running("ClipModel")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
+    scaled_up, codes = replicas_under_load(cluster["url"], send, callers=2)
     assert scaled_up == 2, serve.status().applications["moderation"].deployments["ClipModel"]
     assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
-    deadline = time.monotonic() + 60
-    while running("ClipModel") > 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert running("ClipModel") == 1
+    back_to_one_replica()

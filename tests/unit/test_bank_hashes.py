@@ -249,16 +249,24 @@ def test_pdq_input_geometry_follows_the_original_size():
     assert pdq_input(Image.new("L", (300, 200)), full_size=(300, 200)).shape == (200, 300, 3)
 
 
-def test_file_hashes_equal_the_services_decode_of_the_same_jpeg(tmp_path):
+@pytest.mark.parametrize("size", [(2048, 1536), (1000, 750), (640, 480), (4000, 600)])
+def test_file_hashes_equal_the_services_whatever_the_request_decoded(tmp_path, size):
+    """The service's PDQ of a file is the file's: the same with faces on (a >= 512 decode), a
+    384-pixel checkpoint, no draft decoding, and as ``moderation banks add --image`` makes it."""
     from classifiers.preprocess import ImageSpec, decode_frames
     from deployments.known_images import PdqOfFirstFrame
 
-    photo = Image.fromarray(skdata.astronaut()).resize((2048, 1536), Image.Resampling.LANCZOS)
+    photo = Image.fromarray(skdata.astronaut()).resize(size, Image.Resampling.LANCZOS)
     path = tmp_path / "a.jpg"
     photo.save(path, "JPEG", quality=90)
-    hook = PdqOfFirstFrame()
-    decode_frames(path.read_bytes(), ImageSpec(), first_frame=hook, draft_floor=pdq_draft_size)
-    assert file_hashes(path).pdq == hook.pdq[0]
+    data = path.read_bytes()
+    seen = set()
+    for spec, draft, at_least in ((ImageSpec(), True, 0), (ImageSpec(), True, 512), (ImageSpec(size=384), True, 0),
+                                  (ImageSpec(), False, 0)):
+        hook = PdqOfFirstFrame(data=data)
+        decode_frames(data, spec, draft=draft, first_frame=hook, draft_at_least=at_least, draft_floor=pdq_draft_size)
+        seen.add(hook.pdq[0])
+    assert seen == {file_hashes(path).pdq}
 
 
 def test_sha256_and_image_hashes():
