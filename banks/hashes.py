@@ -1,8 +1,9 @@
 """Image hashes for hash banks: SHA-256 of the bytes as received and Meta's PDQ perceptual hash.
 
-PDQ is computed by the ``pdqhash`` package (Meta's reference C++ ``pdqHash256FromFloatLuma`` wrapped for
-numpy). Its cost grows with the pixel count (2.4 ms at 512x384, 44 ms at 1024x768, 1.37 s at 4000x3000
-measured here), so images are reduced first, as Meta's reference tools do:
+PDQ is computed by ``banks.pdq`` (the reference's arithmetic as two small linear maps, bit for bit the
+``pdqhash`` package's results, Meta's C++ wrapped for numpy). The reference's cost grows with the pixel count
+(2.4 ms at 512x384, 44 ms at 1024x768, 1.37 s at 4000x3000 measured here with ``pdqhash``), so images are
+reduced first, as Meta's reference tools do:
 
 * ``facebook/ThreatExchange`` ``pdq/cpp/io/pdqio.cpp`` (the C++ reference hasher ``pdq-photo-hasher``):
   ``DOWNSAMPLE_DIMS = 512``; "The two-pass Jarosz filter is prohibitively expensive for larger images so we
@@ -45,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pdqhash
 from PIL import Image
+
+from banks.pdq import dihedral_frequencies, pdq_frequencies, pdq_hex
 
 PDQ_MAX_SIDE = 512
 PDQ_DRAFT_SIDE = 256  # a JPEG over 512 may be draft-decoded down to this a side (see above)
@@ -94,12 +96,12 @@ def pdq_draft_size(width: int, height: int) -> tuple[int, int]:
 
 
 def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None = None) -> np.ndarray:
-    """What ``pdqhash.compute`` gets: ``(h, w, 3)`` uint8 whose three channels are the image's luma, reduced
-    to exactly 512x512 (box filter) when either side exceeds ``PDQ_MAX_SIDE``.
+    """What PDQ hashes: the image's luma as ``(h, w)`` uint8, reduced to exactly 512x512 (box filter) when
+    either side exceeds ``PDQ_MAX_SIDE``.
 
     The luma is made first (PIL's ITU-R 601-2 weights, PDQ's own 0.299/0.587/0.114, rounded to whole grey levels)
-    and the one plane reduced: a third of the work of reducing three channels (1024x768: 2.3 -> 1.3 ms), and
-    ``pdqhash``'s own luma of three equal channels is that grey. Alpha is dropped.
+    and the one plane reduced: a third of the work of reducing three channels (1024x768: 2.3 -> 1.3 ms). Alpha
+    is dropped.
 
     ``full_size``: the original's (width, height) when ``image`` is a reduced decode of it (``pdq_draft_size``):
     the original's size decides the geometry, and such a decode below 512 on a side is brought to 512x512 by
@@ -114,9 +116,7 @@ def pdq_input(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None
     if (width > PDQ_MAX_SIDE or height > PDQ_MAX_SIDE) and image.size != (PDQ_MAX_SIDE, PDQ_MAX_SIDE):
         drafted_small = (width, height) != image.size and min(image.size) < PDQ_MAX_SIDE
         image = image.resize((PDQ_MAX_SIDE, PDQ_MAX_SIDE), Image.Resampling.BICUBIC if drafted_small else PDQ_RESAMPLE)
-    # Three contiguous copies of the plane: pdqhash's own luma reads them 0.7 ms faster (512x512) than a
-    # broadcast view of one.
-    return np.asarray(Image.merge("RGB", (image, image, image)), dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def pdq_hash(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None = None) -> tuple[str, int]:
@@ -124,11 +124,8 @@ def pdq_hash(image: Image.Image | np.ndarray, full_size: tuple[int, int] | None 
 
     The hex is python-threatexchange's: the reference's 256 bits, most significant first. ``full_size``: see
     ``pdq_input``."""
-    array = pdq_input(image, full_size)
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError("cannot hash an empty image")
-    bits, quality = pdqhash.compute(array)
-    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
+    frequencies, quality = pdq_frequencies(_nonempty(pdq_input(image, full_size)))
+    return pdq_hex(frequencies), quality
 
 
 DIHEDRAL = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1", "flip_minus1")
@@ -137,12 +134,15 @@ DIHEDRAL = ("original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y"
 def pdq_dihedral(image: Image.Image | np.ndarray,
                  full_size: tuple[int, int] | None = None) -> tuple[tuple[str, ...], int]:
     """PDQ's 8 dihedral hashes (``DIHEDRAL`` order: the image as it is first, as ``pdq_hash`` gives it) and
-    the quality, from one pass of the reference (``pdqHash256esFromFloatLuma``: about the cost of one hash)."""
-    array = pdq_input(image, full_size)
-    if array.shape[0] == 0 or array.shape[1] == 0:
+    the quality, from one pass (the others' frequencies are the original's, turned and negated)."""
+    frequencies, quality = pdq_frequencies(_nonempty(pdq_input(image, full_size)))
+    return tuple(pdq_hex(f) for f in dihedral_frequencies(frequencies)), quality
+
+
+def _nonempty(luma: np.ndarray) -> np.ndarray:
+    if luma.shape[0] == 0 or luma.shape[1] == 0:
         raise ValueError("cannot hash an empty image")
-    hashes, quality = pdqhash.compute_dihedral(array)
-    return tuple(np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex() for bits in hashes), int(quality)
+    return luma
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
