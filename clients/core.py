@@ -7,6 +7,8 @@ import io
 import json
 import os
 import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -200,6 +202,27 @@ def parse_batch_response(status: int, body: bytes, headers: Any) -> list[Classif
 
 def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, max(1, size))]
+
+
+def chunks_in_threads(chunk_of: Callable[[list[int]], list], count: int, size: int, concurrency: int,
+                      ordered: bool) -> Iterator:
+    """``chunk_of`` over the indices of ``count`` inputs, ``size`` at a time, on ``concurrency``
+    threads; yields each chunk's results as the chunk finishes (in input order with ``ordered``).
+    A caller that stops early neither waits for nor starts the chunks left."""
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = [pool.submit(chunk_of, list(indices)) for indices in chunks(count, size)]
+        if ordered:
+            for future in futures:
+                yield from future.result()
+            return
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def parse_response(status: int, body: bytes, headers: Any) -> ClassifyResponse:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from classifiers.schemas import ClassifiersResponse, ClassifyResponse, HeadsStatus
 from clients.core import (
     BATCH_PATH, RETRY_STATUSES, SINGLES_AT_ONCE, BatchRouteMissing, ImageInput,
-    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks,
+    RetryPolicy, api_error, build_batch_request, build_request, byte_groups, chunk_results, chunks_in_threads,
     in_order, load_images, parse_batch_response, parse_response, worth_one_by_one,
 )
 from clients.banks import Banks
@@ -144,20 +144,7 @@ class ModerationClient:
                 results.update((r.index, r) for r in singles(again))
             return [results[i] for i in indices]
 
-        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
-        try:
-            futures = [pool.submit(chunk_of, list(indices)) for indices in chunks(len(images), batch_size)]
-            if ordered:
-                for future in futures:
-                    yield from future.result()
-                return
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield from future.result()
-        finally:  # a caller that stops early does not wait for (or send) the rest
-            pool.shutdown(wait=False, cancel_futures=True)
+        yield from chunks_in_threads(chunk_of, len(images), batch_size, concurrency, ordered)
 
     def classifiers(self) -> ClassifiersResponse:
         """The model, every classifier (``kind``: ``exclusive``, ``attributes`` or ``trained``)

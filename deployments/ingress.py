@@ -25,11 +25,17 @@ from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
 from deployments.responses import (
-    ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of,
+    ERROR_RESPONSES, as_moderation_error, install_error_handlers, missing_method, request_id_of,
 )
 from deployments.settings import IngressSettings
 
 STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
+
+
+class _OlderModel(Exception):
+    """The model replica that took a call predates ``try_classify_many``."""
+
+
 app = FastAPI(
     title="CLIP image moderation",
     version="0.1.0",
@@ -66,13 +72,17 @@ class Ingress:
         app.state.banks_opening = asyncio.Lock()
         self.admission = app.state.admission = Admission(settings.queue_deadline_ms / 1000, settings.min_inflight)
 
-    async def _call(self, response, timeout_s: float | None = None):
+    async def _call(self, response, timeout_s: float | None = None, many: bool = False):
+        """The handle call's answer, or its failure as a ``ModerationError`` (``many``: a
+        replica without ``try_classify_many`` raises ``_OlderModel``)."""
         try:
             return await asyncio.wait_for(response, timeout_s or self.settings.request_timeout_s)
         except TimeoutError:
             response.cancel()
             raise ModerationError("request_timeout", "the request took too long") from None
         except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
+            if many and missing_method(exc, "try_classify_many"):
+                raise _OlderModel from None
             raise as_moderation_error(exc) from None
 
     async def _classify_one(self, url: str | None, data: bytes | None, model_kwargs: dict):
@@ -86,12 +96,17 @@ class Ingress:
             return error
 
     async def _classify_group(self, data: list[bytes], model_kwargs: dict) -> list:
-        """Several uploaded images in one model call: one outcome per image, in order."""
+        """Several uploaded images in one model call: one outcome per image, in order. A model
+        replica of an older version (no ``try_classify_many``, as during a rolling upgrade)
+        gets them a call each instead."""
         if len(data) == 1:
             return [await self._classify_one(None, data[0], model_kwargs)]
+        response = self.model.try_classify_many.remote(
+            data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs)
         try:
-            outcomes = await self._call(self.model.try_classify_many.remote(
-                data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
+            outcomes = await self._call(response, many=True)
+        except _OlderModel:
+            return list(await asyncio.gather(*(self._classify_one(None, image, model_kwargs) for image in data)))
         except ModerationError as error:  # the call itself failed (a replica died, a timeout)
             return [error] * len(data)
         if len(outcomes) != len(data):  # never expected; no image may get another's answer

@@ -63,15 +63,22 @@ def respond_error(request: Request, error: ModerationError, status: int | None =
     return response
 
 
+def _causes(exc: BaseException):
+    """``exc`` and what caused it, outermost first (Ray's task errors keep theirs in ``cause``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "cause", None) or current.__cause__
+
+
 def as_moderation_error(exc: BaseException) -> ModerationError:
     """Find the ``ModerationError`` behind an exception from a handle call, or classify it."""
     from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(exc):
         if isinstance(current, ModerationError):
             return ModerationError(current.code, current.message)
         if isinstance(current, BackPressureError):
@@ -79,9 +86,18 @@ def as_moderation_error(exc: BaseException) -> ModerationError:
         if isinstance(current, (RayActorError, ActorUnavailableError)):
             # A replica died or restarts mid-request (Ray starts a new one): retryable.
             return ModerationError("model_unavailable", "a replica is restarting; retry shortly")
-        current = getattr(current, "cause", None) or current.__cause__
     logger.error("unexpected error: %r", exc, exc_info=exc)
     return ModerationError("internal_error", "an internal error occurred")
+
+
+def missing_method(exc: BaseException, method: str) -> bool:
+    """Whether a handle call failed because the replica has no ``method``: a replica of an older
+    version, as during a rolling upgrade (Serve raises ``RayServeException`` "Tried to call a
+    method '...' that does not exist")."""
+    from ray.serve.exceptions import RayServeException
+
+    return any(isinstance(current, RayServeException) and f"method '{method}' that does not exist" in str(current)
+               for current in _causes(exc))
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large"}

@@ -20,6 +20,8 @@ from clients.core import RetryPolicy
 from clients.in_cluster import InClusterClient
 from classifiers.schemas import ClassifyResponse
 from deployments.app import build_app
+from deployments.fetcher import ImageFetcher
+from deployments.ingress import Ingress
 from deployments.settings import AppArgs, FetchSettings
 from images import jpeg
 from integration.cluster import serve_on_loopback
@@ -314,6 +316,66 @@ def test_in_cluster_client_takes_python_objects(base_url, tmp_path, client):
     with pytest.raises(ModerationAPIError) as info:
         in_cluster.classify(np.zeros((4, 4, 2), np.uint8))
     assert info.value.code == "invalid_request"
+
+
+def test_in_cluster_client_classifies_a_batch_in_one_call(base_url, tmp_path):
+    path = tmp_path / "p.jpg"
+    path.write_bytes(PHOTO)
+    other = jpeg(300, 200, seed=5)
+    in_cluster = InClusterClient("moderation")
+    images = [PHOTO, str(path), b"not an image", str(tmp_path / "missing.jpg"), other]
+    answers = in_cluster.classify_batch(images, classifiers=["nudity"])
+    assert [type(a).__name__ for a in answers] == ["ClassifyResponse", "ClassifyResponse", "ModerationAPIError",
+                                                   "FileNotFoundError", "ClassifyResponse"]
+    assert answers[2].code == "unsupported_media_type"
+    alone = nudity_scores(in_cluster.classify(other, classifiers=["nudity"]))
+    assert nudity_scores(answers[4]) == pytest.approx(alone, abs=1e-4)
+    assert nudity_scores(answers[0]) == pytest.approx(nudity_scores(answers[1]), abs=1e-6)
+    again = asyncio.run(in_cluster.aclassify_batch(images, classifiers=["nudity"]))
+    assert [type(a) for a in again] == [type(a) for a in answers]
+    results = list(in_cluster.classify_many(images, batch_size=2, ordered=True, classifiers=["nudity"]))
+    assert [r.index for r in results] == list(range(5)) and [r.ok for r in results] == [True, True, False, False, True]
+    assert results[2].error.code == "unsupported_media_type"
+    assert in_cluster.classify_batch([str(tmp_path / "missing.jpg")]) and in_cluster.classify_batch([]) == []
+
+
+@serve.deployment(name="ClipModel", ray_actor_options={"num_cpus": 0})
+class OlderModel:
+    """A model replica of a version before ``try_classify_many`` (as during a rolling upgrade):
+    single-image calls only, answered by the real model."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    async def try_classify(self, *args, **kwargs):
+        return await self.model.try_classify.remote(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def older_url(base_url, tiny_clip_dir):
+    """An ingress (this version) in front of an older model deployment, as app ``older``."""
+    args = AppArgs(model=tiny_clip_dir)
+    model = OlderModel.bind(serve.get_deployment_handle("ClipModel", app_name="moderation"))
+    serve.run(Ingress.bind(ImageFetcher.bind(args.fetch), model, args.ingress_settings()),
+              name="older", route_prefix="/older")
+    yield f"{base_url}/older"
+    serve.delete("older")
+
+
+def test_an_older_model_replica_gets_a_call_per_image(base_url, older_url):
+    files = [("file", ("a.jpg", PHOTO, "image/jpeg")), ("file", ("b.jpg", b"not an image", "image/jpeg")),
+             ("file", ("c.jpg", jpeg(300, 200, seed=5), "image/jpeg"))]
+    current = httpx.post(f"{base_url}/v1/classify/batch", files=files, data={"classifiers": "nudity"}, timeout=60)
+    older = httpx.post(f"{older_url}/v1/classify/batch", files=files, data={"classifiers": "nudity"}, timeout=60)
+    assert current.status_code == older.status_code == 200, older.text
+    items = older.json()["items"]
+    assert [item["error"] and item["error"]["code"] for item in items] == [None, "unsupported_media_type", None]
+    for mine, theirs in zip(current.json()["items"], items):
+        if mine["results"] is not None:
+            assert theirs["results"]["nudity"]["scores"] == pytest.approx(mine["results"]["nudity"]["scores"], abs=1e-4)
+    answers = InClusterClient("older").classify_batch([PHOTO, b"not an image"], classifiers=["nudity"])
+    assert isinstance(answers[0], ClassifyResponse) and answers[1].code == "unsupported_media_type"
+    assert asyncio.run(InClusterClient("older").aclassify_batch([PHOTO], classifiers=["nudity"]))[0].results
 
 
 # ---------------------------------------------------------------- CLI
