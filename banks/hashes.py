@@ -1,7 +1,8 @@
 """Image hashes for hash banks: SHA-256 of the bytes as received and Meta's PDQ perceptual hash.
 
-PDQ is computed by ``banks.pdq`` (the reference's arithmetic as two small linear maps, bit for bit the
-``pdqhash`` package's results, Meta's C++ wrapped for numpy). The reference's cost grows with the pixel count
+PDQ is computed by ``banks.pdq`` (the reference's arithmetic as two small linear maps: the ``pdqhash``
+package's results, Meta's C++ wrapped for numpy, bit for bit on photographs; see there for the degenerate
+planes where rounding decides bits). The reference's cost grows with the pixel count
 (2.4 ms at 512x384, 44 ms at 1024x768, 1.37 s at 4000x3000 measured here with ``pdqhash``), so images are
 reduced first, as Meta's reference tools do:
 

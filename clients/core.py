@@ -201,7 +201,10 @@ def parse_batch_response(status: int, body: bytes, headers: Any) -> list[Classif
 
 
 def chunks(count: int, size: int) -> list[range]:
-    return [range(start, min(start + size, count)) for start in range(0, count, max(1, size))]
+    """Consecutive index ranges of ``count`` inputs, ``size`` each (the last maybe fewer)."""
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {size}")
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def chunks_in_threads(chunk_of: Callable[[list[int]], list], count: int, size: int, concurrency: int,

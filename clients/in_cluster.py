@@ -7,6 +7,7 @@ arrays, skipping the HTTP proxy and the ingress. Outside the cluster, use ``Mode
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -123,10 +124,8 @@ class InClusterClient:
         threshold: float | None = None,
     ) -> list[ClassifyResponse | Exception]:
         """``classify_batch`` without blocking, for async actors and other Serve deployments."""
-        import asyncio
-
         start = time.perf_counter()
-        payloads = _loaded(list(images))
+        payloads = await asyncio.to_thread(_loaded, list(images))  # file reads off the event loop
         sendable = [p for p in payloads if not isinstance(p, Exception)]
         if not sendable:
             return _in_order(payloads, [], start)
@@ -174,8 +173,8 @@ def _response(result, start: float) -> ClassifyResponse:
 
 def _item(result, start: float) -> ClassifyResponse | Exception:
     """One image's outcome of a batch: its response, or its error as a value."""
-    if isinstance(result, Exception) and not isinstance(result, ModerationError):
-        return result
+    if isinstance(result, BaseException) and not isinstance(result, ModerationError):
+        return result  # e.g. an unexpected failure, or a cancelled call, of the fallback's own call
     try:
         return _response(result, start)
     except ModerationAPIError as error:

@@ -336,7 +336,9 @@ def test_in_cluster_client_classifies_a_batch_in_one_call(base_url, tmp_path):
     results = list(in_cluster.classify_many(images, batch_size=2, ordered=True, classifiers=["nudity"]))
     assert [r.index for r in results] == list(range(5)) and [r.ok for r in results] == [True, True, False, False, True]
     assert results[2].error.code == "unsupported_media_type"
-    assert in_cluster.classify_batch([str(tmp_path / "missing.jpg")]) and in_cluster.classify_batch([]) == []
+    unreadable = in_cluster.classify_batch([str(tmp_path / "missing.jpg")])  # nothing to send: no call
+    assert len(unreadable) == 1 and isinstance(unreadable[0], FileNotFoundError)
+    assert in_cluster.classify_batch([]) == []
 
 
 @serve.deployment(name="ClipModel", ray_actor_options={"num_cpus": 0})

@@ -1,13 +1,22 @@
 """Client pieces that need no server: request building, errors, retry delays, CLI I/O."""
 
+import asyncio
 import io
 import json
 
+import numpy as np
+import pytest
 from PIL import Image
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import RayServeException
 
+from classifiers.errors import ModerationError
 from clients import cli
-from clients.core import PIL_MAX_SIDE, RetryPolicy, api_error, build_request
+from clients.core import PIL_MAX_SIDE, RetryPolicy, api_error, build_request, chunks_in_threads
+from clients.errors import ModerationAPIError
+from clients.in_cluster import _in_order, _loaded
 from clients.results import ManyResult
+from deployments.responses import as_moderation_error, missing_method
 
 
 def test_urls_go_as_json_and_files_as_multipart_with_json_lists():
@@ -84,3 +93,43 @@ def test_cli_rows_carry_action_faces_and_policies():
     table = io.StringIO()
     cli.write_table([row], table)
     assert "minor_and_nudity" in table.getvalue() and "faces: 1" in table.getvalue()
+
+
+def test_chunks_in_threads_yields_every_chunk_and_refuses_an_empty_batch_size():
+    def chunk_of(indices):
+        return [index * 10 for index in indices]
+
+    assert list(chunks_in_threads(chunk_of, 7, 3, 2, ordered=True)) == [0, 10, 20, 30, 40, 50, 60]
+    assert sorted(chunks_in_threads(chunk_of, 7, 3, 2, ordered=False)) == [0, 10, 20, 30, 40, 50, 60]
+    assert list(chunks_in_threads(chunk_of, 0, 3, 2, ordered=True)) == []
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            list(chunks_in_threads(chunk_of, 3, size, 2, ordered=True))
+
+
+def test_an_older_model_replica_is_told_from_other_failures():
+    """Serve's own exception for a method the replica's class lacks, as a handle call raises it."""
+    cause = RayServeException("Tried to call a method 'try_classify_many' that does not exist. "
+                              "Available methods: ['classify', 'try_classify'].")
+    raised = RayTaskError("handle_request_with_rejection", "Traceback ...", cause).as_instanceof_cause()
+    assert missing_method(raised, "try_classify_many") and missing_method(cause, "try_classify_many")
+    assert not missing_method(raised, "try_classify")
+    assert not missing_method(RayServeException("the deployment is not ready"), "try_classify_many")
+    assert not missing_method(RuntimeError("boom"), "try_classify_many")
+    assert as_moderation_error(raised).code == "internal_error"  # what the ingress would answer without it
+
+
+def test_in_cluster_batch_outcomes_go_back_in_input_order(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"\xff\xd8\xff bytes")
+    array = np.zeros((4, 4, 3), np.uint8)
+    payloads = _loaded([b"raw", str(tmp_path / "missing.jpg"), "https://example.com/a.jpg", str(path), array, 7])
+    assert [type(p).__name__ for p in payloads] == ["bytes", "FileNotFoundError", "TypeError", "bytes", "ndarray",
+                                                     "TypeError"]
+    failure, cancelled = RuntimeError("replica bug"), asyncio.CancelledError()
+    answers = _in_order(payloads, [ModerationError("unsupported_media_type", "no"), failure, cancelled], 0.0)
+    assert isinstance(answers[0], ModerationAPIError) and answers[0].code == "unsupported_media_type"
+    assert answers[3] is failure and answers[4] is cancelled
+    assert isinstance(answers[1], FileNotFoundError) and isinstance(answers[5], TypeError)
+    with pytest.raises(RuntimeError, match="answers"):
+        _in_order(payloads, [failure], 0.0)
