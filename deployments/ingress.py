@@ -20,6 +20,7 @@ from classifiers.schemas import (
 )
 from deployments.admission import Admission, AdmissionGate
 from deployments.auth import ApiKeyGate, Gatekeeper
+from deployments.coalesce import UploadCoalescer
 from deployments.bank_routes import router as bank_router
 from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
@@ -57,6 +58,9 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        # Single-image uploads that arrive together share model calls (deployments/coalesce.py).
+        self.uploads = UploadCoalescer(self._classify_group, settings.images_per_model_call,
+                                       settings.coalesce_uploads_ms / 1000)
         for handle in (fetcher, model):
             buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
@@ -146,7 +150,10 @@ class Ingress:
             raise self.admission.overloaded()
         result = None
         try:
-            result = await self._classify_one(parsed.url, parsed.data, parsed.model_kwargs)
+            if parsed.url is None:
+                result = await self.uploads.classify(parsed.data, parsed.model_kwargs)
+            else:
+                result = await self._classify_one(parsed.url, None, parsed.model_kwargs)
         finally:
             self.admission.leave(classified=int(isinstance(result, Classification)))
         if isinstance(result, ModerationError):

@@ -328,6 +328,26 @@ def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
         assert_same_scores(body["items"][i]["results"], alone["results"])
 
 
+def test_concurrent_single_uploads_each_get_their_own_answer(http):
+    """Uploads that arrive together share model calls (``coalesce_uploads_ms``, on by default):
+    each response is still that image's, with that request's options, and a bad image fails alone."""
+    images = {"photo": PHOTO, "other": OTHER, "bad": b"not an image at all"}
+    options = ("nudity", "gore,offensive")
+    solo = {(name, opts): upload(http, data=data, classifiers=opts)
+            for name, data in images.items() for opts in options}
+    requests = [(name, opts) for _ in range(4) for name in images for opts in options]  # 24 at once
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda r: upload(http, data=images[r[0]], classifiers=r[1]), requests))
+    for (name, opts), answer in zip(requests, answers):
+        if name == "bad":
+            assert_error(answer, 415, "unsupported_media_type")
+            continue
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert list(body["results"]) == opts.split(",")
+        assert_same_scores(body["results"], solo[(name, opts)].json()["results"])
+
+
 def test_handle_callers_classify_many_with_an_outcome_per_image(http):
     handle = serve.get_deployment_handle("ClipModel", app_name="moderation")
     outcomes = handle.try_classify_many.remote([PHOTO, b"not an image", 12345, OTHER], ["gore"]).result()

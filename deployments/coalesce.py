@@ -1,0 +1,94 @@
+"""Single-image uploads that arrive together go to the model in one call.
+
+Each ``POST /v1/classify`` upload would otherwise be its own handle call, and at 1024x768 a
+handle call costs the ingress and the model replica about as much CPU as decoding the image
+(Serve's router, Ray's task submission and reply, the replica's request handling). While other
+uploads are already out at the model, an arriving upload waits up to ``wait_s`` (5 ms by
+default) for others with the same options, and they go as one ``try_classify_many`` call of up
+to ``max_images``: each image is still decoded, batched and answered on its own in the replica.
+An upload that finds none out goes at once, so a lone caller waits for nothing.
+
+Why not ``@serve.batch``: it keeps one queue per decorated function and process, bound to the
+event loop that first used it, forms batches regardless of whether anything else is in flight,
+and does not group by options; this is the little it takes to do those here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+SendGroup = Callable[[list[bytes], dict], Awaitable[list]]
+
+
+def options_key(model_kwargs: dict) -> str:
+    """Uploads whose options give the same key may share a model call."""
+    return repr(sorted(model_kwargs.items()))
+
+
+class UploadCoalescer:
+    """Gathers uploads for ``send_group(images, model_kwargs) -> one outcome per image``, which
+    must answer every image (an error is an outcome), never raise."""
+
+    def __init__(self, send_group: SendGroup, max_images: int, wait_s: float) -> None:
+        self._send_group = send_group
+        self.max_images, self.wait_s = max_images, wait_s
+        self._pending: dict[str, list[tuple[bytes, asyncio.Future]]] = {}
+        self._out = 0  # uploads sent or waiting here, not yet answered
+        self._sending: set[asyncio.Task] = set()
+        self.calls = self.images = 0  # model calls made and images they carried (for tests and metrics)
+
+    async def classify(self, data: bytes, model_kwargs: dict) -> Any:
+        """The upload's outcome, from a call of its own or one shared with others."""
+        alone = self._out == 0 or self.wait_s <= 0 or self.max_images <= 1
+        self._out += 1
+        try:
+            if alone:
+                self.calls, self.images = self.calls + 1, self.images + 1
+                return (await self._send_group([data], model_kwargs))[0]
+            return await self._join(data, model_kwargs)
+        finally:
+            self._out -= 1
+
+    def _join(self, data: bytes, model_kwargs: dict) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        key = options_key(model_kwargs)
+        future = loop.create_future()
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = []
+            loop.call_later(self.wait_s, self._flush, key, group, model_kwargs)
+        group.append((data, future))
+        if len(group) >= self.max_images:
+            self._flush(key, group, model_kwargs)
+        return future
+
+    def _flush(self, key: str, group: list, model_kwargs: dict) -> None:
+        """Send ``group`` unless it went already (full before its timer fired)."""
+        if self._pending.get(key) is not group:
+            return
+        del self._pending[key]
+        waiting = [(data, future) for data, future in group if not future.done()]  # callers gone: skipped
+        if not waiting:
+            return
+        self.calls, self.images = self.calls + 1, self.images + len(waiting)
+        task = asyncio.get_running_loop().create_task(self._send(waiting, model_kwargs))
+        self._sending.add(task)  # held until done, so the task is not collected mid-call
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, waiting: list[tuple[bytes, asyncio.Future]], model_kwargs: dict) -> None:
+        try:
+            outcomes = await self._send_group([data for data, _ in waiting], model_kwargs)
+            if len(outcomes) != len(waiting):
+                raise RuntimeError(f"{len(outcomes)} answers to {len(waiting)} images")
+        except BaseException as exc:  # never leave a caller waiting
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), outcome in zip(waiting, outcomes):
+            if not future.done():
+                future.set_result(outcome)
