@@ -8,6 +8,13 @@ default) for others with the same options, and they go as one ``try_classify_man
 to ``max_images``: each image is still decoded, batched and answered on its own in the replica.
 An upload that finds none out goes at once, so a lone caller waits for nothing.
 
+The shared call runs in a context of its own, not in the request context of the caller that
+happened to open or fill the group: Serve cancels a request's child calls when its client goes
+away, and one client leaving must not fail the others. The price of sharing: the call answers
+when its last image is done (an image may wait for a group-mate's forward pass), a call that
+fails as a whole (its timeout, a replica lost) fails every image in it, and images of callers
+that left are still classified once sent.
+
 Why not ``@serve.batch``: it keeps one queue per decorated function and process, bound to the
 event loop that first used it, forms batches regardless of whether anything else is in flight,
 and does not group by options; this is the little it takes to do those here.
@@ -16,7 +23,9 @@ and does not group by options; this is the little it takes to do those here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 SendGroup = Callable[[list[bytes], dict], Awaitable[list]]
@@ -46,7 +55,10 @@ class UploadCoalescer:
         try:
             if alone:
                 self.calls, self.images = self.calls + 1, self.images + 1
-                return (await self._send_group([data], model_kwargs))[0]
+                outcomes = await self._send_group([data], model_kwargs)
+                if len(outcomes) != 1:
+                    raise RuntimeError(f"{len(outcomes)} answers to 1 image")
+                return outcomes[0]
             return await self._join(data, model_kwargs)
         finally:
             self._out -= 1
@@ -58,7 +70,7 @@ class UploadCoalescer:
         group = self._pending.get(key)
         if group is None:
             group = self._pending[key] = []
-            loop.call_later(self.wait_s, self._flush, key, group, model_kwargs)
+            loop.call_later(self.wait_s, self._flush, key, group, model_kwargs, context=contextvars.Context())
         group.append((data, future))
         if len(group) >= self.max_images:
             self._flush(key, group, model_kwargs)
@@ -73,22 +85,25 @@ class UploadCoalescer:
         if not waiting:
             return
         self.calls, self.images = self.calls + 1, self.images + len(waiting)
-        task = asyncio.get_running_loop().create_task(self._send(waiting, model_kwargs))
+        # A context of its own: not the request context of whichever caller opened or filled the group.
+        task = asyncio.get_running_loop().create_task(self._send(waiting, model_kwargs),
+                                                      context=contextvars.Context())
         self._sending.add(task)  # held until done, so the task is not collected mid-call
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(partial(self._settle, waiting))
 
     async def _send(self, waiting: list[tuple[bytes, asyncio.Future]], model_kwargs: dict) -> None:
-        try:
-            outcomes = await self._send_group([data for data, _ in waiting], model_kwargs)
-            if len(outcomes) != len(waiting):
-                raise RuntimeError(f"{len(outcomes)} answers to {len(waiting)} images")
-        except BaseException as exc:  # never leave a caller waiting
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
+        outcomes = await self._send_group([data for data, _ in waiting], model_kwargs)
+        if len(outcomes) != len(waiting):
+            raise RuntimeError(f"{len(outcomes)} answers to {len(waiting)} images")
         for (_, future), outcome in zip(waiting, outcomes):
             if not future.done():
                 future.set_result(outcome)
+
+    def _settle(self, waiting: list[tuple[bytes, asyncio.Future]], task: asyncio.Task) -> None:
+        """Whatever ended the call (answers, an exception, a cancellation even before it ran),
+        no caller is left waiting."""
+        self._sending.discard(task)
+        error = RuntimeError("the shared model call was cancelled") if task.cancelled() else task.exception()
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(error or RuntimeError("the shared model call gave no answer"))

@@ -151,7 +151,10 @@ class Ingress:
         result = None
         try:
             if parsed.url is None:
-                result = await self.uploads.classify(parsed.data, parsed.model_kwargs)
+                try:
+                    result = await self.uploads.classify(parsed.data, parsed.model_kwargs)
+                except Exception as exc:  # noqa: BLE001 - a shared call that failed as a whole
+                    result = as_moderation_error(exc)
             else:
                 result = await self._classify_one(parsed.url, None, parsed.model_kwargs)
         finally:

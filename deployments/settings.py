@@ -316,8 +316,9 @@ class IngressSettings(_Strict):
     coalesce_uploads_ms: float = Field(
         5.0, ge=0, le=100, description="While other uploads are out at the model, a single-image upload "
         "(`POST /v1/classify`) waits up to this long for more with the same options, and they go to a "
-        "model replica in one call (up to `images_per_model_call`; each image is still batched and "
-        "answered on its own). An upload with none out goes at once. 0: a call per upload.",
+        "model replica in one call (up to `images_per_model_call`; each image is still decoded and "
+        "batched on its own and fails alone, but the call answers when its last image is done). An "
+        "upload with none out goes at once. 0: a call per upload.",
     )
     request_timeout_s: float = Field(30.0, gt=0)
     queue_deadline_ms: float = Field(

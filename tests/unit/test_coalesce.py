@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
 from deployments.coalesce import UploadCoalescer, options_key
+
+CALLER = contextvars.ContextVar("caller", default=None)  # stands for Serve's request context
+
+
+def run(coro, timeout_s: float = 5.0):
+    """A test's coroutine, failed rather than hung if a caller is never answered."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 class FakeModel:
     """``send_group`` behind the coalescer: answers each image with its own name and options; the
     first call can be held open (an upload "out at the model") until ``release`` is set."""
 
-    def __init__(self, hold_first: bool = False, fail: bool = False) -> None:
+    def __init__(self, hold_first: bool = False, fail: bool = False, short: bool = False) -> None:
         self.calls: list[tuple[list[bytes], dict]] = []
+        self.contexts: list = []  # the caller's context variable as each call saw it
         self.release = asyncio.Event()
-        self.hold_first, self.fail = hold_first, fail
+        self.hold_first, self.fail, self.short = hold_first, fail, short
 
     async def send_group(self, images: list[bytes], model_kwargs: dict) -> list:
         self.calls.append((list(images), model_kwargs))
+        self.contexts.append(CALLER.get())
         if self.hold_first and len(self.calls) == 1:
             await self.release.wait()
         if self.fail:
             raise RuntimeError("replica bug")
-        return [(image, model_kwargs.get("classifiers")) for image in images]
+        answers = [(image, model_kwargs.get("classifiers")) for image in images]
+        return answers[:-1] if self.short else answers
 
 
 def test_a_lone_upload_goes_at_once():
@@ -32,8 +43,9 @@ def test_a_lone_upload_goes_at_once():
         model = FakeModel()
         coalescer = UploadCoalescer(model.send_group, max_images=16, wait_s=10.0)  # a wait would time out the test
         answer = await asyncio.wait_for(coalescer.classify(b"a", {"classifiers": ["gore"]}), 1.0)
+        assert coalescer._out == 0
         assert answer == (b"a", ["gore"]) and model.calls == [([b"a"], {"classifiers": ["gore"]})]
-    asyncio.run(main())
+    run(main())
 
 
 def test_uploads_arriving_while_one_is_out_share_calls_by_options_and_size():
@@ -53,8 +65,8 @@ def test_uploads_arriving_while_one_is_out_share_calls_by_options_and_size():
         assert groups == [[b"g0", b"g1"], [b"n0", b"n1", b"n2"], [b"n3"]]  # full at 3; the rest on the timer
         model.release.set()
         assert await first == (b"first", None)
-        assert (coalescer.calls, coalescer.images) == (4, 7)
-    asyncio.run(main())
+        assert (coalescer.calls, coalescer.images) == (4, 7) and coalescer._out == 0
+    run(main())
 
 
 def test_a_caller_gone_is_skipped_and_a_failed_call_reaches_every_caller():
@@ -76,7 +88,8 @@ def test_a_caller_gone_is_skipped_and_a_failed_call_reaches_every_caller():
         model.release.set()
         with pytest.raises(RuntimeError):
             await first
-    asyncio.run(main())
+        assert coalescer._out == 0 and not coalescer._pending and not coalescer._sending
+    run(main())
 
 
 def test_no_wait_means_a_call_per_upload():
@@ -85,10 +98,93 @@ def test_no_wait_means_a_call_per_upload():
         coalescer = UploadCoalescer(model.send_group, max_images=16, wait_s=0.0)
         await asyncio.gather(*(coalescer.classify(bytes([i]), {}) for i in range(5)))
         assert [images for images, _ in model.calls] == [[bytes([i])] for i in range(5)]
-    asyncio.run(main())
+    run(main())
 
 
 def test_options_key_tells_options_apart():
     assert options_key({"classifiers": ["a"], "threshold": None}) == options_key({"threshold": None, "classifiers": ["a"]})
     assert options_key({"classifiers": ["a"]}) != options_key({"classifiers": ["a", "b"]})
     assert options_key({"labels": ["x"], "unsafe_labels": ()}) != options_key({"labels": ["x"], "unsafe_labels": ("x",)})
+
+
+def test_the_shared_call_runs_outside_every_callers_request_context():
+    """Serve cancels a request's child calls when its client leaves: the shared call must be no
+    caller's child, or one client leaving would fail the whole group."""
+    async def main():
+        model = FakeModel(hold_first=True)
+        coalescer = UploadCoalescer(model.send_group, max_images=2, wait_s=0.05)
+
+        async def caller(name: str, data: bytes):
+            CALLER.set(name)
+            return await coalescer.classify(data, {})
+
+        first = asyncio.create_task(caller("first", b"0"))
+        await asyncio.sleep(0)
+        full = await asyncio.gather(caller("a", b"1"), caller("b", b"2"))  # flushed when full
+        on_timer = await caller("c", b"3")  # flushed by its timer
+        assert full == [(b"1", None), (b"2", None)] and on_timer == (b"3", None)
+        assert model.contexts == ["first", None, None]  # alone: its own; shared: nobody's
+        model.release.set()
+        await first
+    run(main())
+
+
+def test_options_that_differ_anywhere_are_never_merged():
+    async def main():
+        model = FakeModel(hold_first=True)
+        coalescer = UploadCoalescer(model.send_group, max_images=16, wait_s=0.02)
+        first = asyncio.create_task(coalescer.classify(b"first", {}))
+        await asyncio.sleep(0)
+        variants = [{"classifiers": ["nudity"], "labels": None, "threshold": None},
+                    {"classifiers": ["nudity"], "labels": ["a cat"], "threshold": None},
+                    {"classifiers": ["nudity"], "labels": None, "threshold": 0.3},
+                    {"classifiers": ["nudity"], "labels": None, "threshold": None, "unsafe_labels": ("x",)}]
+        await asyncio.gather(*(coalescer.classify(bytes([n, k]), options)
+                               for n, options in enumerate(variants) for k in range(2)))
+        shared = model.calls[1:]
+        assert len(shared) == len(variants)
+        for images, options in shared:
+            assert len(images) == 2 and len({image[0] for image in images}) == 1
+            assert options == variants[images[0][0]]
+        model.release.set()
+        await first
+    run(main())
+
+
+def test_a_group_left_by_its_timer_does_not_cut_the_next_groups_wait_short():
+    async def main():
+        model = FakeModel(hold_first=True)
+        coalescer = UploadCoalescer(model.send_group, max_images=2, wait_s=0.1)
+        first = asyncio.create_task(coalescer.classify(b"first", {}))
+        await asyncio.sleep(0)
+        await asyncio.gather(coalescer.classify(b"1", {}), coalescer.classify(b"2", {}))  # full: sent at once
+        late = asyncio.create_task(coalescer.classify(b"3", {}))  # opens the next group
+        await asyncio.sleep(0.07)  # the first group's timer fires about now: not this group's
+        assert not late.done() and len(model.calls) == 2
+        assert await late == (b"3", None) and len(model.calls) == 3
+        model.release.set()
+        await first
+    run(main())
+
+
+def test_short_answers_and_a_call_cancelled_before_it_ran_fail_every_caller():
+    async def main():
+        model = FakeModel(hold_first=True)
+        coalescer = UploadCoalescer(model.send_group, max_images=3, wait_s=0.01)
+        first = asyncio.create_task(coalescer.classify(b"first", {}))
+        await asyncio.sleep(0)
+        model.short = True  # from the next call on, one answer too few
+        short = await asyncio.gather(*(coalescer.classify(bytes([i]), {}) for i in range(3)),
+                                     return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) and "answers to" in str(o) for o in short)
+        callers = [asyncio.create_task(coalescer.classify(bytes([i]), {})) for i in range(3)]
+        await asyncio.sleep(0)  # full: the call's task exists but has not run
+        for task in list(coalescer._sending):
+            task.cancel()
+        for outcome in await asyncio.gather(*callers, return_exceptions=True):
+            assert isinstance(outcome, RuntimeError) and "cancelled" in str(outcome)
+        model.release.set()
+        with pytest.raises(RuntimeError, match="answers to 1 image"):
+            await first
+        assert coalescer._out == 0 and not coalescer._sending
+    run(main())
