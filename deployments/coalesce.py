@@ -3,8 +3,8 @@
 Each ``POST /v1/classify`` upload would otherwise be its own handle call, and at 1024x768 a
 handle call costs the ingress and the model replica about as much CPU as decoding the image
 (Serve's router, Ray's task submission and reply, the replica's request handling). While other
-uploads are already out at the model, an arriving upload waits up to ``wait_s`` (5 ms by
-default) for others with the same options, and they go as one ``try_classify_many`` call of up
+uploads are already out at the model, an arriving upload waits up to ``wait_s``
+(``coalesce_uploads_ms``: opt-in, 5 ms measured best) for others with the same options, and they go as one ``try_classify_many`` call of up
 to ``max_images``: each image is still decoded, batched and answered on its own in the replica.
 An upload that finds none out goes at once, so a lone caller waits for nothing.
 
