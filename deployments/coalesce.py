@@ -4,8 +4,9 @@ Each ``POST /v1/classify`` upload would otherwise be its own handle call, and at
 handle call costs the ingress and the model replica about as much CPU as decoding the image
 (Serve's router, Ray's task submission and reply, the replica's request handling). While other
 uploads are already out at the model, an arriving upload waits up to ``wait_s``
-(``coalesce_uploads_ms``: opt-in, 5 ms measured best) for others with the same options, and they go as one ``try_classify_many`` call of up
-to ``max_images``: each image is still decoded, batched and answered on its own in the replica.
+(``coalesce_uploads_ms``, 5 ms by default) for others with the same options, and they go as one
+``try_classify_many`` call of up to ``max_images``: each image is still decoded and batched on its
+own in the replica, and fails alone.
 An upload that finds none out goes at once, so a lone caller waits for nothing.
 
 The shared call runs in a context of its own, not in the request context of the caller that
@@ -13,7 +14,9 @@ happened to open or fill the group: Serve cancels a request's child calls when i
 away, and one client leaving must not fail the others. The price of sharing: the call answers
 when its last image is done (an image may wait for a group-mate's forward pass), a call that
 fails as a whole (its timeout, a replica lost) fails every image in it, and images of callers
-that left are still classified once sent.
+that left are still classified once sent, unless every caller of the call has left: then the
+call is cancelled, as Serve cancels a caller's own call, and the model drops the images not yet
+forward-passed.
 
 Why not ``@serve.batch``: it keeps one queue per decorated function and process, bound to the
 event loop that first used it, forms batches regardless of whether anything else is in flight,
@@ -90,6 +93,15 @@ class UploadCoalescer:
                                                       context=contextvars.Context())
         self._sending.add(task)  # held until done, so the task is not collected mid-call
         task.add_done_callback(partial(self._settle, waiting))
+        for _, future in waiting:
+            future.add_done_callback(partial(self._caller_left, waiting, task))
+
+    @staticmethod
+    def _caller_left(waiting: list[tuple[bytes, asyncio.Future]], task: asyncio.Task, future: asyncio.Future) -> None:
+        """Once every caller of a sent call has left, cancel the call (the model drops images
+        not yet forward-passed), as Serve does for a caller's own call."""
+        if future.cancelled() and not task.done() and all(f.cancelled() for _, f in waiting):
+            task.cancel()
 
     async def _send(self, waiting: list[tuple[bytes, asyncio.Future]], model_kwargs: dict) -> None:
         outcomes = await self._send_group([data for data, _ in waiting], model_kwargs)

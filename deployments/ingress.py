@@ -84,6 +84,9 @@ class Ingress:
         except TimeoutError:
             response.cancel()
             raise ModerationError("request_timeout", "the request took too long") from None
+        except asyncio.CancelledError:  # the caller left (or a shared call's callers all did)
+            response.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
             if many and missing_method(exc, "try_classify_many"):
                 raise _OlderModel from None

@@ -314,13 +314,12 @@ class IngressSettings(_Strict):
         "call per image, spread over replicas image by image.",
     )
     coalesce_uploads_ms: float = Field(
-        0.0, ge=0, le=100, description="Opt-in (0: a call per upload, the default). While other uploads are "
-        "out at the model, a single-image upload "
+        5.0, ge=0, le=100, description="While other uploads are out at the model, a single-image upload "
         "(`POST /v1/classify`) waits up to this long for more with the same options, and they go to a "
         "model replica in one call (up to `images_per_model_call`; each image is still decoded and "
-        "batched on its own and fails alone, but the call answers when its last image is done, and a "
-        "client that leaves no longer keeps its image from a forward pass). An upload with none out "
-        "goes at once. 5 measured best here.",
+        "batched on its own and fails alone, but the call answers when its last image is done; once "
+        "every caller of a call has left, the call is cancelled). An upload with none out goes at "
+        "once. 0: a call per upload.",
     )
     request_timeout_s: float = Field(30.0, gt=0)
     queue_deadline_ms: float = Field(

@@ -49,7 +49,7 @@ def app_args(tiny_clip_dir, image_port):
         engine=ENGINE,
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
         known_images=NO_CACHE,
-        coalesce_uploads_ms=5,  # opt-in: this module's uploads share model calls when they arrive together
+        coalesce_uploads_ms=5,  # the default, said here: this module's concurrent uploads test relies on it
     )
 
 
@@ -330,7 +330,7 @@ def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
 
 
 def test_concurrent_single_uploads_each_get_their_own_answer(http):
-    """Uploads that arrive together share model calls (``coalesce_uploads_ms``, set for this module):
+    """Uploads that arrive together share model calls (``coalesce_uploads_ms``, on by default):
     each response is still that image's, with that request's options, and a bad image fails alone."""
     images = {"photo": PHOTO, "other": OTHER, "bad": b"not an image at all"}
     options = ("nudity", "gore,offensive")

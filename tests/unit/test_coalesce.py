@@ -188,3 +188,41 @@ def test_short_answers_and_a_call_cancelled_before_it_ran_fail_every_caller():
             await first
         assert coalescer._out == 0 and not coalescer._sending
     run(main())
+
+
+def test_a_sent_call_is_cancelled_once_every_caller_has_left_and_not_before():
+    async def main():
+        model = FakeModel(hold_first=True)
+        seen_cancel = asyncio.Event()
+        slow = asyncio.Event()
+
+        async def send_group(images, model_kwargs):
+            if model.calls:  # the shared calls: held until released, noting a cancellation
+                model.calls.append((list(images), model_kwargs))
+                try:
+                    await slow.wait()
+                except asyncio.CancelledError:
+                    seen_cancel.set()
+                    raise
+                return [(image, None) for image in images]
+            return await model.send_group(images, model_kwargs)
+
+        coalescer = UploadCoalescer(send_group, max_images=2, wait_s=0.05)
+        first = asyncio.create_task(coalescer.classify(b"first", {}))
+        await asyncio.sleep(0)
+        pair = [asyncio.create_task(coalescer.classify(bytes([i]), {})) for i in range(2)]  # full: sent
+        await asyncio.sleep(0.01)
+        pair[0].cancel()
+        await asyncio.sleep(0.01)
+        assert not seen_cancel.is_set()  # one caller still waits: the call goes on
+        pair[1].cancel()
+        await asyncio.wait_for(seen_cancel.wait(), 1.0)  # the last one left: the call is cancelled
+        kept = [asyncio.create_task(coalescer.classify(bytes([i]), {})) for i in range(2)]
+        await asyncio.sleep(0.01)
+        kept[0].cancel()
+        slow.set()
+        assert await kept[1] == (b"\x01", None)
+        model.release.set()
+        await first
+        assert coalescer._out == 0 and not coalescer._sending
+    run(main())
