@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                   reverse=True)
     per_image = 1000 / (args.requests // k * k)
     print(f"{result.images_per_s} img/s, {args.requests // k * k} images ({k} per request) at "
-          f"c={args.concurrency} in {wall:.1f} s")
+          f"c={args.concurrency} in {wall:.1f} s; per request p50 {result.p50_ms} ms, p95 {result.p95_ms} ms"
+          + (f", {result.errors} images without a result" if result.errors else ""))
     for seconds, name in used:
         if seconds * per_image >= 0.2:
             print(f"{seconds * per_image:7.1f} ms/img  {name}")

@@ -60,7 +60,7 @@ class Ingress:
         self.fetcher, self.model, self.settings = fetcher, model, settings
         # Single-image uploads that arrive together share model calls (deployments/coalesce.py).
         self.uploads = UploadCoalescer(self._classify_group, settings.images_per_model_call,
-                                       settings.coalesce_uploads_ms / 1000)
+                                       settings.coalesce_uploads_ms / 1000, settings.coalesce_min_out)
         for handle in (fetcher, model):
             buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
@@ -106,6 +106,8 @@ class Ingress:
         """Several uploaded images in one model call: one outcome per image, in order. A model
         replica of an older version (no ``try_classify_many``, as during a rolling upgrade)
         gets them a call each instead."""
+        self.metrics.upload_calls.inc()
+        self.metrics.upload_call_images.inc(len(data))
         if len(data) == 1:
             return [await self._classify_one(None, data[0], model_kwargs)]
         response = self.model.try_classify_many.remote(

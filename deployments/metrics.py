@@ -79,6 +79,14 @@ class IngressMetrics:
             "moderation_errors", description="Requests answered with an error body, by code.",
             tag_keys=("code",),
         ))
+        # Their ratio is the images per model call: how well uploads share calls.
+        self.upload_calls = BufferedCounter(Counter(
+            "moderation_upload_calls", description="Model calls the ingress made with uploaded images "
+            "(single uploads that shared a call count once: coalesce_uploads_ms).",
+        ))
+        self.upload_call_images = BufferedCounter(Counter(
+            "moderation_upload_call_images", description="Uploaded images those model calls carried.",
+        ))
 
     def classified(self, result: Classification) -> None:
         for item in result.results:

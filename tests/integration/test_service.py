@@ -49,7 +49,8 @@ def app_args(tiny_clip_dir, image_port):
         engine=ENGINE,
         fetch=FetchSettings(allowed_networks=("127.0.0.0/8",), allowed_ports=(image_port,)),
         known_images=NO_CACHE,
-        coalesce_uploads_ms=5,  # the default, said here: this module's concurrent uploads test relies on it
+        # this module's concurrent uploads test relies on coalescing: any upload that finds another out waits
+        coalesce_uploads_ms=5, coalesce_min_out=1,
     )
 
 
@@ -330,7 +331,7 @@ def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
 
 
 def test_concurrent_single_uploads_each_get_their_own_answer(http):
-    """Uploads that arrive together share model calls (``coalesce_uploads_ms``, on by default):
+    """Uploads that arrive together share model calls (``coalesce_uploads_ms``; ``coalesce_min_out`` 1 here):
     each response is still that image's, with that request's options, and a bad image fails alone."""
     images = {"photo": PHOTO, "other": OTHER, "bad": b"not an image at all"}
     options = ("nudity", "gore,offensive")

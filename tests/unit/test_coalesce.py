@@ -38,6 +38,16 @@ class FakeModel:
         return answers[:-1] if self.short else answers
 
 
+async def one_held_out(model: FakeModel, send_group=None, **settings) -> tuple[UploadCoalescer, asyncio.Task]:
+    """A coalescer (``settings``: its keyword arguments) with one upload, ``b"first"``, out at the
+    model: ``model``'s first call, held until ``model.release`` is set. Uploads arriving now wait
+    for group-mates (``min_out`` is 1 unless given)."""
+    coalescer = UploadCoalescer(send_group or model.send_group, **settings)
+    first = asyncio.create_task(coalescer.classify(b"first", {}))
+    await asyncio.sleep(0)  # out at the model, held
+    return coalescer, first
+
+
 def test_a_lone_upload_goes_at_once():
     async def main():
         model = FakeModel()
@@ -51,9 +61,7 @@ def test_a_lone_upload_goes_at_once():
 def test_uploads_arriving_while_one_is_out_share_calls_by_options_and_size():
     async def main():
         model = FakeModel(hold_first=True)
-        coalescer = UploadCoalescer(model.send_group, max_images=3, wait_s=0.05)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)  # out at the model, held
+        coalescer, first = await one_held_out(model, max_images=3, wait_s=0.05)
         nudity = [asyncio.create_task(coalescer.classify(f"n{i}".encode(), {"classifiers": ["nudity"]}))
                   for i in range(4)]
         gore = [asyncio.create_task(coalescer.classify(f"g{i}".encode(), {"classifiers": ["gore"]}))
@@ -72,9 +80,7 @@ def test_uploads_arriving_while_one_is_out_share_calls_by_options_and_size():
 def test_a_caller_gone_is_skipped_and_a_failed_call_reaches_every_caller():
     async def main():
         model = FakeModel(hold_first=True)
-        coalescer = UploadCoalescer(model.send_group, max_images=16, wait_s=0.05)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)
+        coalescer, first = await one_held_out(model, max_images=16, wait_s=0.05)
         kept = asyncio.create_task(coalescer.classify(b"kept", {}))
         gone = asyncio.create_task(coalescer.classify(b"gone", {}))
         await asyncio.sleep(0)
@@ -89,6 +95,32 @@ def test_a_caller_gone_is_skipped_and_a_failed_call_reaches_every_caller():
         with pytest.raises(RuntimeError):
             await first
         assert coalescer._out == 0 and not coalescer._pending and not coalescer._sending
+    run(main())
+
+
+def test_uploads_wait_only_once_min_out_others_are_out():
+    async def main():
+        model = FakeModel()
+        held = asyncio.Event()
+
+        async def send_group(images, model_kwargs):  # the first two calls are held out
+            answers = await model.send_group(images, model_kwargs)
+            if len(model.calls) <= 2:
+                await held.wait()
+            return answers
+
+        coalescer = UploadCoalescer(send_group, max_images=16, wait_s=10.0, min_out=2)  # a wait would time out
+        first = asyncio.create_task(coalescer.classify(b"first", {}))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(coalescer.classify(b"second", {}))  # 1 out, fewer than 2: at once
+        await asyncio.sleep(0)
+        assert [images for images, _ in model.calls] == [[b"first"], [b"second"]]
+        coalescer.wait_s = 0.02  # 2 out now: these two wait and share a call
+        pair = await asyncio.gather(coalescer.classify(b"a", {}), coalescer.classify(b"b", {}))
+        assert pair == [(b"a", None), (b"b", None)] and model.calls[2][0] == [b"a", b"b"]
+        held.set()
+        assert await asyncio.gather(first, second) == [(b"first", None), (b"second", None)]
+        assert coalescer._out == 0
     run(main())
 
 
@@ -132,9 +164,7 @@ def test_the_shared_call_runs_outside_every_callers_request_context():
 def test_options_that_differ_anywhere_are_never_merged():
     async def main():
         model = FakeModel(hold_first=True)
-        coalescer = UploadCoalescer(model.send_group, max_images=16, wait_s=0.02)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)
+        coalescer, first = await one_held_out(model, max_images=16, wait_s=0.02)
         variants = [{"classifiers": ["nudity"], "labels": None, "threshold": None},
                     {"classifiers": ["nudity"], "labels": ["a cat"], "threshold": None},
                     {"classifiers": ["nudity"], "labels": None, "threshold": 0.3},
@@ -154,9 +184,7 @@ def test_options_that_differ_anywhere_are_never_merged():
 def test_a_group_left_by_its_timer_does_not_cut_the_next_groups_wait_short():
     async def main():
         model = FakeModel(hold_first=True)
-        coalescer = UploadCoalescer(model.send_group, max_images=2, wait_s=0.1)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)
+        coalescer, first = await one_held_out(model, max_images=2, wait_s=0.1)
         await asyncio.gather(coalescer.classify(b"1", {}), coalescer.classify(b"2", {}))  # full: sent at once
         late = asyncio.create_task(coalescer.classify(b"3", {}))  # opens the next group
         await asyncio.sleep(0.07)  # the first group's timer fires about now: not this group's
@@ -170,9 +198,7 @@ def test_a_group_left_by_its_timer_does_not_cut_the_next_groups_wait_short():
 def test_short_answers_and_a_call_cancelled_before_it_ran_fail_every_caller():
     async def main():
         model = FakeModel(hold_first=True)
-        coalescer = UploadCoalescer(model.send_group, max_images=3, wait_s=0.01)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)
+        coalescer, first = await one_held_out(model, max_images=3, wait_s=0.01)
         model.short = True  # from the next call on, one answer too few
         short = await asyncio.gather(*(coalescer.classify(bytes([i]), {}) for i in range(3)),
                                      return_exceptions=True)
@@ -207,9 +233,7 @@ def test_a_sent_call_is_cancelled_once_every_caller_has_left_and_not_before():
                 return [(image, None) for image in images]
             return await model.send_group(images, model_kwargs)
 
-        coalescer = UploadCoalescer(send_group, max_images=2, wait_s=0.05)
-        first = asyncio.create_task(coalescer.classify(b"first", {}))
-        await asyncio.sleep(0)
+        coalescer, first = await one_held_out(model, send_group, max_images=2, wait_s=0.05)
         pair = [asyncio.create_task(coalescer.classify(bytes([i]), {})) for i in range(2)]  # full: sent
         await asyncio.sleep(0.01)
         pair[0].cancel()
