@@ -142,7 +142,8 @@ class ForwardLanes:
     def _choose_engine(self, requested: str, threads: int) -> tuple[str, str]:
         """Put the image towers on ``requested`` (``classifiers.engines``); ``auto`` measures
         both engines the way this replica runs them (every lane at once) and keeps OpenVINO
-        only if it was ``AUTO_MARGIN`` faster. One tower alone misleads: on a 2-vCPU Xeon
+        only if it was ``AUTO_MARGIN`` faster, or as fast and quicker for a lone image on the whole
+        lane (``engines.openvino_wins``). One tower alone misleads: on a 2-vCPU Xeon
         OpenVINO was faster on one thread alone (72.8 against 66.2 img/s) but slower with
         two lanes at once (95 against 120)."""
         from classifiers import engines
@@ -154,6 +155,7 @@ class ForwardLanes:
             return engine, why
         torch_towers = [lane.tower for lane in self.lanes]
         torch_rate = self._rate() if requested == "auto" else 0.0
+        torch_alone = self._alone_ms() if requested == "auto" else 0.0
 
         def back_to_torch() -> None:
             self.whole.submit(self.encoder.use_torch).result()
@@ -169,6 +171,7 @@ class ForwardLanes:
                 return "openvino", why
             # Alternated, best of two each: a busy neighbour during one run must not decide.
             openvino_rate = self._rate()
+            openvino_alone = self._alone_ms()
             torch_rate = max(torch_rate, self._with_towers(torch_towers))
             openvino_rate = max(openvino_rate, self._rate())
         except Exception as exc:  # noqa: BLE001 - torch stays; one clear line when it was asked for
@@ -180,8 +183,9 @@ class ForwardLanes:
                 raise ModelLoadError(f"engine openvino: {message}") from None
             return "torch", f"OpenVINO failed: {message}"
         why = (f"measured with {self.layout} at once, batch 8: OpenVINO {openvino_rate:.1f} img/s, "
-               f"torch {torch_rate:.1f} img/s")
-        if openvino_rate >= engines.AUTO_MARGIN * torch_rate:
+               f"torch {torch_rate:.1f} img/s; one image on all threads: OpenVINO {openvino_alone:.1f} ms, "
+               f"torch {torch_alone:.1f} ms")
+        if engines.openvino_wins(openvino_rate, torch_rate, openvino_alone, torch_alone):
             return "openvino", why
         back_to_torch()
         return "torch", why
@@ -215,6 +219,22 @@ class ForwardLanes:
         for future in [lane.submit(run, lane, repeats) for lane in self.lanes]:
             future.result()
         return len(self.lanes) * batch * repeats / (time.perf_counter() - start)
+
+    def _alone_ms(self, repeats: int = 5) -> float:
+        """Median milliseconds of one image on the whole lane (a lone request), after a warm-up."""
+        size = self.encoder.image_spec.size
+        pixels = np.zeros((1, size, size, 3), np.uint8)
+
+        def run() -> list[float]:
+            self.encoder.encode_images(pixels)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.encoder.encode_images(pixels)
+                times.append((time.perf_counter() - start) * 1000)
+            return times
+
+        return float(np.median(self.whole.submit(run).result()))
 
     @property
     def layout(self) -> str:
