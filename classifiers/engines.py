@@ -1,16 +1,17 @@
 """Engines for the image tower: torch (TorchScript, the default) or OpenVINO on CPU.
 
 ``engine: auto`` picks by measuring: where OpenVINO is installed, the device is a CPU and the
-tower has a fixed input shape, both engines run batches on every forward lane at once (as the
-replica will run them, ``deployments.forward``) and OpenVINO is used only if it was at least
-``AUTO_MARGIN`` faster, or within that margin and at least a fifth quicker for a lone image on
-all threads (``openvino_wins``); the choice and the figures are logged. Measured on a 2-vCPU Xeon
-with AMX, random ViT-B/32, bf16 (cosine to float32 0.99995 both): OpenVINO was faster alone (batch
-16 on one thread: 72.8 against 66.2 img/s; batch-1 latency on two threads 19.6 against 26.9
-ms) but slower with two one-thread lanes at once (95 against 120 img/s) one day, and on another
-(the same VM, slower that hour) as fast with both lanes (84.6 against 87.7 img/s at start-up) and
-quicker in the service: 1024x768 c=1 p50 51-52 against 64-80 ms, c=32 50-52 against 47-48 img/s
-(``bench.cpu_budget --arg engine=...``, two rounds); the lone-image rule picks it there.
+tower has a fixed input shape, both engines run batches of 16 on every forward lane at once (as
+the replica will run them, ``deployments.forward``) and time one image on all threads (a lone
+request), best of two each; OpenVINO is used if it was ``AUTO_MARGIN`` faster loaded, or within
+that margin and at least a fifth quicker alone (``openvino_wins``); the choice and the figures are
+logged. Measured on a 2-vCPU Xeon with AMX, random ViT-B/32, bf16 (cosine to float32 0.99995
+both): one day OpenVINO was faster alone (batch 16 on one thread: 72.8 against 66.2 img/s;
+batch-1 latency on two threads 19.6 against 26.9 ms) but slower with two one-thread lanes at once
+(95 against 120 img/s at batch 16, even at 8): torch. Another day (the same VM, slower that hour)
+it was faster with both lanes at 16 (119.5 against 100.7 img/s), even at 8 (84.6 against 87.7)
+and quicker in the service: 1024x768 c=1 p50 51-52 against 64-80 ms, c=32 50-52 against 47-48
+img/s (``bench.cpu_budget --arg engine=...``, two rounds): OpenVINO.
 
 OpenVINO runs the precision the encoder's dtype names (``bfloat16`` -> bf16, ``float32`` ->
 f32); int8 is not offered: quantising needs calibration images, and its accuracy must be
@@ -29,8 +30,8 @@ from classifiers.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "openvino")
-AUTO_MARGIN = 1.05  # OpenVINO must be this much faster for ``auto`` to pick it
-ALONE_MARGIN = 0.8  # ... or within that margin, and this fraction of torch's time for a lone image, or less
+AUTO_MARGIN = 1.05  # OpenVINO this much faster with every lane busy: ``auto`` picks it
+ALONE_MARGIN = 0.8  # or within AUTO_MARGIN, and this fraction of torch's time for a lone image or less
 
 
 def openvino_wins(openvino_rate: float, torch_rate: float, openvino_alone_ms: float, torch_alone_ms: float) -> bool:

@@ -165,6 +165,11 @@ class ClipEncoder:
         self._torch_tower = self._image_tower
         self.engine, self._openvino_model, self._image_tower = "openvino", converted, tower
 
+    @property
+    def torch_tower(self):
+        """The default torch tower, also while OpenVINO is the default (kept for ``use_torch``)."""
+        return self._torch_tower if self.engine == "openvino" else self._image_tower
+
     def use_torch(self) -> None:
         """Back to the torch tower this encoder had before ``use_openvino``."""
         if self.engine == "openvino":

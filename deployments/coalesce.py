@@ -8,8 +8,8 @@ upload waits up to ``wait_s`` (``coalesce_uploads_ms``, 5 ms by default) for oth
 options, and they go as one ``try_classify_many`` call of up to ``max_images``: each image is
 still decoded and batched on its own in the replica, and fails alone.
 An upload that finds fewer out goes at once: with few in flight a group-mate rarely comes within
-the wait, and the wait is then lost (2 in flight on 2 vCPUs, ViT-B/32: 23.3 -> 17.1 img/s with
-every upload waiting, docs/benchmarks.md).
+the wait, and the wait is then lost (2-4 in flight on 2 vCPUs, ViT-B/32: 4-27 % less throughput
+with every upload waiting, docs/benchmarks.md).
 
 The shared call runs in a context of its own, not in the request context of the caller that
 happened to open or fill the group: Serve cancels a request's child calls when its client goes
@@ -51,7 +51,7 @@ class UploadCoalescer:
         self._pending: dict[str, list[tuple[bytes, asyncio.Future]]] = {}
         self._out = 0  # uploads sent or waiting here, not yet answered
         self._sending: set[asyncio.Task] = set()
-        self.calls = self.images = 0  # model calls made and images they carried (read by the tests; no metric yet)
+        self.calls = self.images = 0  # model calls made and images they carried (read by the tests; the ingress's metrics count them too)
 
     async def classify(self, data: bytes, model_kwargs: dict) -> Any:
         """The upload's outcome, from a call of its own or one shared with others."""

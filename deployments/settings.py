@@ -325,8 +325,8 @@ class IngressSettings(_Strict):
     coalesce_min_out: int = Field(
         8, ge=1, le=10_000, description="The fewest uploads already out at the model (from this ingress "
         "replica) for an arriving upload to wait for group-mates (`coalesce_uploads_ms`). Below it, a "
-        "group rarely forms within the wait and the wait is lost: at 2 in flight on 2 vCPUs it cost a "
-        "quarter of the throughput.",
+        "group rarely forms within the wait and the wait is lost: at 2-4 in flight on 2 vCPUs it cost "
+        "4-27 % of the throughput (docs/benchmarks.md).",
     )
     request_timeout_s: float = Field(30.0, gt=0)
     queue_deadline_ms: float = Field(
