@@ -115,6 +115,7 @@ class Ingress:
         try:
             outcomes = await self._call(response, many=True)
         except _OlderModel:
+            self.metrics.upload_calls.inc(len(data))  # a call per image after all
             return list(await asyncio.gather(*(self._classify_one(None, image, model_kwargs) for image in data)))
         except ModerationError as error:  # the call itself failed (a replica died, a timeout)
             return [error] * len(data)

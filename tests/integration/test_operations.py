@@ -221,8 +221,8 @@ def test_prometheus_metrics(http, service):
         ("ray_moderation_errors_total", (("code", "url_forbidden"),)): 1,
         ("ray_moderation_errors_total", (("code", "fetch_timeout"),)): 1,
         ("ray_moderation_fetch_errors_total", (("code", "fetch_timeout"),)): 1,
-        ("ray_moderation_upload_calls_total", ()): 3,  # one after another: a call each
-        ("ray_moderation_upload_call_images_total", ()): 3,
+        ("ray_moderation_upload_calls_total", ()): 4,  # 3 uploads one after another, a call each; a batch of 2
+        ("ray_moderation_upload_call_images_total", ()): 5,
         ("ray_moderation_decode_ms_count", ()): 4,
         ("ray_moderation_batch_size_count", ()): 1,
         ("ray_moderation_model_ms_count", ()): 1,
@@ -239,6 +239,8 @@ def test_prometheus_metrics(http, service):
     assert flagged.status_code == 200 and flagged.json()["flagged"]
     for _ in range(3):
         assert upload(http, data=PHOTO).status_code == 200
+    pair = http.post("/v1/classify/batch", files=[("file", ("a.jpg", PHOTO, "image/jpeg"))] * 2)
+    assert pair.status_code == 200 and len(pair.json()["items"]) == 2
     assert_error(http.post("/v1/classify", json={"url": "http://10.0.0.1/x.jpg"}), 400, "url_forbidden")
     stalled = http.post("/v1/classify", json={"url": f"http://127.0.0.1:{service['image_port']}/stall"})
     assert_error(stalled, 504, "fetch_timeout")
