@@ -107,6 +107,7 @@ class KnownImages:
             self.index = fresh
         elif changes.version != self.index.version or not self.loaded:
             self.index.apply(changes)
+            self.loaded = True  # before the log line: status() never says unloaded while matches are served
             logger.info("hash banks: version %d, %d entries (+%d, -%d) in %.2f s", changes.version, len(self.index),
                         len(changes.added), len(changes.removed), time.perf_counter() - start)
         self.loaded = True
