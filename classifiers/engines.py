@@ -40,6 +40,8 @@ def openvino_wins(openvino_rate: float, torch_rate: float, openvino_alone_ms: fl
     if openvino_rate >= AUTO_MARGIN * torch_rate:
         return True
     return openvino_rate * AUTO_MARGIN >= torch_rate and openvino_alone_ms <= ALONE_MARGIN * torch_alone_ms
+
+
 _PRECISION = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16"}
 
 

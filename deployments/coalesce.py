@@ -51,7 +51,7 @@ class UploadCoalescer:
         self._pending: dict[str, list[tuple[bytes, asyncio.Future]]] = {}
         self._out = 0  # uploads sent or waiting here, not yet answered
         self._sending: set[asyncio.Task] = set()
-        self.calls = self.images = 0  # model calls made and images they carried (read by the tests; the ingress's metrics count them too)
+        self.calls = self.images = 0  # model calls made and images they carried (read by the tests)
 
     async def classify(self, data: bytes, model_kwargs: dict) -> Any:
         """The upload's outcome, from a call of its own or one shared with others."""

@@ -25,6 +25,7 @@ logger = logging.getLogger("ray.serve")
 # where they differ most (one day OpenVINO 95 against torch 120 img/s at 16, even at 8).
 RATE_BATCH = 16
 
+
 def default_lanes(device: str, threads: int) -> int:
     """Two lanes on a CPU with two or more threads; one on a GPU, whose kernels queue anyway."""
     return 1 if device.startswith("cuda") or threads < 2 else MAX_LANES
