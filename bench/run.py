@@ -319,12 +319,15 @@ def targets(report: dict) -> list[dict]:
         rows.append({"target": "4000x3000 >= 60 % of the ceiling (c>1)", "measured": f"{max(large):.0%}",
                      "met": max(large) >= 0.6})
     if "1024x768@1" in service:
-        limit = round(1.25 * ceiling["batch1_latency_ms"] + 15, 1)
+        # A lone image may run on another engine than the batches (engine auto): held to the
+        # quickest batch-1 latency of any engine measured.
+        batch1 = min(e["batch1_latency_ms"] for e in report.get("ceilings", {"": ceiling}).values())
+        limit = round(1.25 * batch1 + 15, 1)
         p50 = service["1024x768@1"]["p50_ms"]
         rows.append({"target": f"1024x768 c=1 p50 <= 1.25 x batch-1 + 15 ms = {limit} ms",
                      "measured": f"{p50} ms", "met": p50 <= limit})
-        strict = round(ceiling["batch1_latency_ms"] + 15, 1)
-        rows.append({"target": f"1024x768 c=1 p50 <= batch-1 + 15 ms = {strict} ms (issue 21)",
+        strict = round(batch1 + 15, 1)
+        rows.append({"target": f"1024x768 c=1 p50 <= the quickest batch-1 + 15 ms = {strict} ms (issue 21)",
                      "measured": f"{p50} ms", "met": p50 <= strict})
     return rows
 

@@ -3,15 +3,17 @@
 ``engine: auto`` picks by measuring: where OpenVINO is installed, the device is a CPU and the
 tower has a fixed input shape, both engines run batches of 16 on every forward lane at once (as
 the replica will run them, ``deployments.forward``) and time one image on all threads (a lone
-request), best of two each; OpenVINO is used if it was ``AUTO_MARGIN`` faster loaded, or within
-that margin and at least a fifth quicker alone (``openvino_wins``); the choice and the figures are
-logged. Measured on a 2-vCPU Xeon with AMX, random ViT-B/32, bf16 (cosine to float32 0.99995
-both): one day OpenVINO was faster alone (batch 16 on one thread: 72.8 against 66.2 img/s;
-batch-1 latency on two threads 19.6 against 26.9 ms) but slower with two one-thread lanes at once
-(95 against 120 img/s at batch 16, even at 8): torch. Another day (the same VM, slower that hour)
-it was faster with both lanes at 16 (119.5 against 100.7 img/s), even at 8 (84.6 against 87.7)
-and quicker in the service: 1024x768 c=1 p50 51-52 against 64-80 ms, c=32 50-52 against 47-48
-img/s (``bench.cpu_budget --arg engine=...``, two rounds): OpenVINO.
+request), best of two each. The lanes run OpenVINO if it was ``AUTO_MARGIN`` faster loaded; lone
+images (the whole lane) run it if it was ``LONE_MARGIN`` quicker alone (``auto_engines``), so a
+replica can serve load on torch and lone images on OpenVINO; a replica with one lane has one
+tower for both (``openvino_wins``). The choice and the figures are logged. Measured on a 2-vCPU
+Xeon with AMX, random ViT-B/32, bf16 (cosine to float32 0.99995 both): one day OpenVINO was
+quicker alone (batch-1 latency on two threads 19.6 against 26.9 ms) but slower with two
+one-thread lanes at once (95 against 120 img/s at batch 16, even at 8). Another day (the same VM,
+slower that hour) it was faster with both lanes at 16 (119.5 against 100.7 img/s) and quicker in
+the service: 1024x768 c=1 p50 51-52 against 64-80 ms, c=32 50-52 against 47-48 img/s
+(``bench.cpu_budget --arg engine=...``, two rounds). A third: torch 138 against 113 img/s loaded,
+OpenVINO 18.9 against 26.5 ms alone.
 
 OpenVINO runs the precision the encoder's dtype names (``bfloat16`` -> bf16, ``float32`` ->
 f32); int8 is not offered: quantising needs calibration images, and its accuracy must be
@@ -30,16 +32,34 @@ from classifiers.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "openvino")
-AUTO_MARGIN = 1.05  # OpenVINO this much faster with every lane busy: ``auto`` picks it
-ALONE_MARGIN = 0.8  # or within AUTO_MARGIN, and this fraction of torch's time for a lone image or less
+AUTO_MARGIN = 1.05  # OpenVINO this much faster with every lane busy: ``auto`` runs the lanes on it
+LONE_MARGIN = 0.9  # OpenVINO's time for a lone image at most this fraction of torch's: lone images run on it
+ALONE_MARGIN = 0.8  # one tower for both: OpenVINO within AUTO_MARGIN loaded and this much quicker alone
 
 
 def openvino_wins(openvino_rate: float, torch_rate: float, openvino_alone_ms: float, torch_alone_ms: float) -> bool:
-    """``auto``'s rule: OpenVINO if its images/s with every lane at once beat torch's by ``AUTO_MARGIN``,
-    or came within it while a lone image (all threads) took at most ``ALONE_MARGIN`` of torch's time."""
+    """``auto``'s rule for a replica with one tower (one lane: loaded and lone images share it):
+    OpenVINO if its images/s beat torch's by ``AUTO_MARGIN``, or came within it while a lone image
+    took at most ``ALONE_MARGIN`` of torch's time."""
     if openvino_rate >= AUTO_MARGIN * torch_rate:
         return True
     return openvino_rate * AUTO_MARGIN >= torch_rate and openvino_alone_ms <= ALONE_MARGIN * torch_alone_ms
+
+
+def auto_engines(openvino_rate: float, torch_rate: float, openvino_alone_ms: float, torch_alone_ms: float,
+                 lanes: int) -> tuple[str, str]:
+    """``auto``'s (lanes' engine, lone images' engine) from the four measurements.
+
+    With two lanes the choices are separate: the lanes run batches under load, the whole lane
+    (all threads) runs a lone image, and each can be the engine that is faster at its own job.
+    Both measured ways on one 2-vCPU Xeon with AMX (bf16 ViT-B/32): torch 138 against OpenVINO
+    113 img/s with both lanes at batch 16, OpenVINO 18.9 against torch 26.5 ms for a lone image.
+    """
+    if lanes == 1:
+        engine = "openvino" if openvino_wins(openvino_rate, torch_rate, openvino_alone_ms, torch_alone_ms) else "torch"
+        return engine, engine
+    return ("openvino" if openvino_rate >= AUTO_MARGIN * torch_rate else "torch",
+            "openvino" if openvino_alone_ms <= LONE_MARGIN * torch_alone_ms else "torch")
 
 
 _PRECISION = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16"}

@@ -317,7 +317,10 @@ class ModelInfo(BaseModel):
     logit_bias: float | None = None
     dtype: str
     device: str
-    engine: str = Field("torch", description="What runs the image tower: `torch` or `openvino`.")
+    engine: str = Field("torch", description="What runs the image tower's batches: `torch` or `openvino`.")
+    lone_image_engine: str | None = Field(
+        None, description="What runs an image that arrives alone, on all the replica's threads "
+        "(`engine: auto` can pick the other engine for it, where that one is quicker alone).")
 
 
 class FacesInfo(BaseModel):

@@ -132,9 +132,10 @@ class ClipModel:
         self.base_runtime = runtime or RuntimeConfig()  # from args; user_config lays over it
         self.runtime = self.base_runtime
         self._apply_policies()
-        logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s (%s: %s), faces: %s",
+        logger.info("ClipModel ready: %s, %s, forward lanes of %s, image tower on %s, lone images on %s "
+                    "(%s: %s), faces: %s",
                     settings.model, self.encoder.dtype, self.forward.layout, self.forward.engine,
-                    f"engine {settings.engine}", self.forward.engine_reason,
+                    self.forward.lone_engine, f"engine {settings.engine}", self.forward.engine_reason,
                     self.faces.detector.name if self.faces is not None else "off")
 
     def _builtin_heads(self) -> dict[str, Head]:
@@ -472,7 +473,9 @@ class ClipModel:
         thresholds in force, and the trained heads with their held-out metrics."""
         return {
             "model": self.encoder.name,
-            "model_info": self.encoder.info(),
+            # The engines are the lanes' (batches) and the whole lane's (a lone image): they can differ.
+            "model_info": {**self.encoder.info(), "engine": self.forward.engine,
+                           "lone_image_engine": self.forward.lone_engine},
             "classifiers": [
                 {
                     "name": s.name, "kind": s.kind, "description": s.description,

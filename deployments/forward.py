@@ -136,7 +136,7 @@ class ForwardLanes:
             for lane in self.lanes:
                 lane.tower = lane.submit(self.encoder.lane_tower, lane.threads).result()
         try:
-            self.engine, self.engine_reason = self._choose_engine(engine, threads)
+            self.engine, self.lone_engine, self.engine_reason = self._choose_engine(engine, threads)
         except BaseException:
             self.shutdown()
             raise
@@ -144,26 +144,25 @@ class ForwardLanes:
         self._idle = list(self.lanes)
         self._waiters: list[asyncio.Future] = []
 
-    def _choose_engine(self, requested: str, threads: int) -> tuple[str, str]:
-        """Put the image towers on ``requested`` (``classifiers.engines``); ``auto`` measures
-        both engines the way this replica runs them (every lane at once) and keeps OpenVINO
-        only if it was ``AUTO_MARGIN`` faster, or as fast and quicker for a lone image on the whole
-        lane (``engines.openvino_wins``). One tower alone misleads: on a 2-vCPU Xeon
-        OpenVINO was faster on one thread alone (72.8 against 66.2 img/s) but slower with
-        two lanes at once (95 against 120)."""
+    def _choose_engine(self, requested: str, threads: int) -> tuple[str, str, str]:
+        """Put the image towers on ``requested`` (``classifiers.engines``); returns the lanes'
+        engine, the lone images' (the whole lane's) and why. ``auto`` measures both engines the
+        way this replica runs them: every lane at once, and one image on the whole lane; each
+        role gets the engine that is faster at it (``engines.auto_engines``). One tower alone
+        misleads: on a 2-vCPU Xeon OpenVINO was faster on one thread alone (72.8 against 66.2
+        img/s) but slower with two lanes at once (95 against 120)."""
         from classifiers import engines
 
         if requested == "torch":
-            return "torch", "asked for"
+            return "torch", "torch", "asked for"
         engine, why = engines.choose(requested, self.encoder.device, self.encoder.image_spec.fixed_shape)
         if engine == "torch":
-            return engine, why
+            return engine, engine, why
         torch_towers = [lane.tower for lane in self.lanes]
         torch_rate = self._rate() if requested == "auto" else 0.0
         torch_alone = self._alone_ms() if requested == "auto" else 0.0
 
-        def back_to_torch() -> None:
-            self.whole.submit(self.encoder.use_torch).result()
+        def lanes_to_torch() -> None:
             for lane, tower in zip(self.lanes, torch_towers):
                 lane.tower = tower
 
@@ -173,7 +172,7 @@ class ForwardLanes:
                 for lane in self.lanes:
                     lane.tower = lane.submit(self.encoder.lane_tower, lane.threads).result()
             if requested == "openvino":
-                return "openvino", why
+                return "openvino", "openvino", why
             # Alternated, best of two each: a busy neighbour during one run must not decide.
             openvino_rate = self._rate()
             openvino_alone = self._alone_ms()
@@ -182,20 +181,23 @@ class ForwardLanes:
             openvino_rate = max(openvino_rate, self._rate())
             openvino_alone = min(openvino_alone, self._alone_ms())
         except Exception as exc:  # noqa: BLE001 - torch stays; one clear line when it was asked for
-            back_to_torch()
+            self.whole.submit(self.encoder.use_torch).result()
+            lanes_to_torch()
             message = engines.one_line(exc)
             if requested == "openvino":
                 if isinstance(exc, ModelLoadError):
                     raise
                 raise ModelLoadError(f"engine openvino: {message}") from None
-            return "torch", f"OpenVINO failed: {message}"
+            return "torch", "torch", f"OpenVINO failed: {message}"
+        loaded, lone = engines.auto_engines(openvino_rate, torch_rate, openvino_alone, torch_alone, len(self.lanes))
+        if loaded == "torch":
+            lanes_to_torch()
+        if lone == "torch":  # the lanes keep OpenVINO towers of their own
+            self.whole.submit(self.encoder.use_torch).result()
         why = (f"measured with {self.layout} at once, batch {RATE_BATCH}: OpenVINO {openvino_rate:.1f} img/s, "
                f"torch {torch_rate:.1f} img/s; one image on all threads: OpenVINO {openvino_alone:.1f} ms, "
                f"torch {torch_alone:.1f} ms")
-        if engines.openvino_wins(openvino_rate, torch_rate, openvino_alone, torch_alone):
-            return "openvino", why
-        back_to_torch()
-        return "torch", why
+        return loaded, lone, why
 
     def _with_towers(self, towers: list) -> float:
         """``_rate`` with the lanes on ``towers`` for the run (then back to their own); a

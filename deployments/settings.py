@@ -194,8 +194,9 @@ class ModelSettings(_Strict):
     engine: str = Field(
         "auto", pattern=r"^(auto|torch|openvino)$", description="What runs the image tower: "
         "`torch`, `openvino` (CPU; `pip install 'clip-moderation[openvino]'`), or `auto`: "
-        "OpenVINO where it is installed, on a CPU, and measured at start-up at least 5 % faster with "
-        "every lane busy, or as fast (within 5 %) and a fifth quicker for a lone image.",
+        "where OpenVINO is installed, on a CPU, both are measured at start-up: the lanes run OpenVINO if it "
+        "was at least 5 % faster with every lane busy, a lone image (all threads) if it was a tenth quicker "
+        "alone (one lane: one engine for both).",
     )
     max_image_pixels: int = Field(50_000_000, gt=0)
     jpeg_draft: bool = Field(True, description="Decode large JPEGs at reduced scale (faster).")

@@ -396,5 +396,6 @@ def test_killed_model_replica_is_replaced_and_clients_retry(service):
 
 
 def test_the_torch_engine_serves_when_asked_for(http):
-    assert http.get("/v1/classifiers").json()["model_info"]["engine"] == "torch"
+    info = http.get("/v1/classifiers").json()["model_info"]
+    assert info["engine"] == info["lone_image_engine"] == "torch"
     assert upload(http).status_code == 200

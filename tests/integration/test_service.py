@@ -392,4 +392,5 @@ def test_batch_file_names_are_echoed_safely_whatever_their_charset(http):
 def test_the_model_info_names_the_engine_that_serves(http):
     if ENGINE == "torch":
         print("openvino is not installed: this module's service runs torch")
-    assert http.get("/v1/classifiers").json()["model_info"]["engine"] == ENGINE
+    info = http.get("/v1/classifiers").json()["model_info"]
+    assert info["engine"] == info["lone_image_engine"] == ENGINE

@@ -97,14 +97,27 @@ def _on_torch(forward) -> bool:
             and not any(isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes))
 
 
+def test_auto_picks_an_engine_per_role():
+    # (OpenVINO img/s, torch img/s, OpenVINO ms alone, torch ms alone)
+    assert engines.auto_engines(113.0, 138.0, 18.9, 26.5, lanes=2) == ("torch", "openvino")  # measured so
+    assert engines.auto_engines(120.0, 100.0, 40.0, 38.0, lanes=2) == ("openvino", "torch")
+    assert engines.auto_engines(120.0, 100.0, 20.0, 30.0, lanes=2) == ("openvino", "openvino")
+    assert engines.auto_engines(104.0, 100.0, 37.0, 40.0, lanes=2) == ("torch", "torch")  # within the margins
+    # One lane: one tower serves both, so one engine.
+    assert engines.auto_engines(113.0, 138.0, 18.9, 26.5, lanes=1) == ("torch", "torch")
+    assert engines.auto_engines(97.0, 100.0, 30.0, 40.0, lanes=1) == ("openvino", "openvino")
+    assert engines.auto_engines(97.0, 100.0, 35.0, 40.0, lanes=1) == ("torch", "torch")
+
+
 @needs_openvino
-@pytest.mark.parametrize("rates, alone, chosen", [
-    ([100.0, 50.0, 100.0, 60.0], [40.0, 20.0, 40.0, 20.0], "torch"),  # far slower loaded; quicker alone no help
-    ([100.0, 120.0, 90.0, 110.0], [40.0, 40.0, 40.0, 40.0], "openvino"),  # faster loaded
-    ([100.0, 97.0, 95.0, 96.0], [40.0, 30.0, 45.0, 31.0], "openvino"),  # as fast loaded (within 5 %), a quarter quicker alone
-    ([100.0, 97.0, 95.0, 96.0], [40.0, 30.0, 36.0, 33.0], "torch"),  # as fast loaded; alone, best of two: 30 vs 36
+@pytest.mark.parametrize("rates, alone, lanes_engine, lone_engine", [
+    ([100.0, 50.0, 100.0, 60.0], [40.0, 20.0, 40.0, 20.0], "torch", "openvino"),  # slower loaded, quicker alone
+    ([100.0, 120.0, 90.0, 110.0], [40.0, 40.0, 40.0, 40.0], "openvino", "torch"),  # faster loaded only
+    ([100.0, 120.0, 90.0, 110.0], [40.0, 30.0, 45.0, 31.0], "openvino", "openvino"),
+    ([100.0, 97.0, 95.0, 96.0], [40.0, 32.0, 34.0, 33.0], "torch", "torch"),  # alone, best of two: 32 vs 34
 ])
-def test_auto_keeps_the_faster_engine_whole(tiny_clip_dir, monkeypatch, rates, alone, chosen):
+def test_auto_runs_each_role_on_its_faster_engine(tiny_clip_dir, monkeypatch, rates, alone, lanes_engine,
+                                                  lone_engine):
     order = iter(rates)  # torch, OpenVINO, torch again, OpenVINO again
     monkeypatch.setattr(ForwardLanes, "_rate", lambda self, *args, **kwargs: next(order))
     lone = iter(alone)  # torch, OpenVINO, torch again, OpenVINO again
@@ -112,14 +125,20 @@ def test_auto_keeps_the_faster_engine_whole(tiny_clip_dir, monkeypatch, rates, a
     threads = torch.get_num_threads()
     forward = _lanes(tiny_clip_dir, "auto")
     try:
-        assert forward.engine == chosen and f"OpenVINO {max(rates[1::2]):.1f}" in forward.engine_reason
+        assert (forward.engine, forward.lone_engine) == (lanes_engine, lone_engine)
+        assert f"OpenVINO {max(rates[1::2]):.1f}" in forward.engine_reason
         assert (f"one image on all threads: OpenVINO {min(alone[1::2]):.1f} ms, torch {min(alone[::2]):.1f} ms"
                 in forward.engine_reason)
-        if chosen == "torch":
-            assert _on_torch(forward)
-        else:
-            assert all(isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes)
-            assert forward.encoder.info()["engine"] == "openvino"
+        on_openvino = [isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes]
+        assert on_openvino == [lanes_engine == "openvino"] * 2
+        whole = forward.encoder._image_tower  # the whole lane runs the encoder's default tower
+        assert isinstance(whole, engines.OpenVinoTower) == (lone_engine == "openvino")
+        assert forward.encoder.info()["engine"] == lone_engine
+        # Every role serves: a lone image on the whole lane, a batch split over the lanes.
+        pixels = photos(forward.encoder.image_spec, 3)
+        reference = load_clip(tiny_clip_dir, "cpu", "float32", trace=False).encode_images(pixels)
+        assert cosines(asyncio.run(forward.encode(pixels[:1])), reference[:1]).min() >= 0.999
+        assert cosines(asyncio.run(forward.encode(pixels)), reference).min() >= 0.999
     finally:
         forward.shutdown()
         torch.set_num_threads(threads)
@@ -138,7 +157,8 @@ def test_a_failing_openvino_lane_leaves_torch_whole_or_one_clear_line(tiny_clip_
     threads = torch.get_num_threads()
     try:
         forward = _lanes(tiny_clip_dir, "auto")
-        assert forward.engine == "torch" and forward.engine_reason == "OpenVINO failed: RuntimeError: no room"
+        assert forward.engine == forward.lone_engine == "torch"
+        assert forward.engine_reason == "OpenVINO failed: RuntimeError: no room"
         assert _on_torch(forward)
         assert asyncio.run(forward.encode(photos(forward.encoder.image_spec, 3))).shape[0] == 3
         forward.shutdown()
