@@ -34,16 +34,16 @@ logger = logging.getLogger(__name__)
 ENGINES = ("auto", "torch", "openvino")
 AUTO_MARGIN = 1.05  # OpenVINO this much faster with every lane busy: ``auto`` runs the lanes on it
 LONE_MARGIN = 0.9  # OpenVINO's time for a lone image at most this fraction of torch's: lone images run on it
-ALONE_MARGIN = 0.8  # one tower for both: OpenVINO within AUTO_MARGIN loaded and this much quicker alone
+SHARED_ALONE_MARGIN = 0.8  # one tower for both: OpenVINO within AUTO_MARGIN loaded and this much quicker alone
 
 
 def openvino_wins(openvino_rate: float, torch_rate: float, openvino_alone_ms: float, torch_alone_ms: float) -> bool:
     """``auto``'s rule for a replica with one tower (one lane: loaded and lone images share it):
     OpenVINO if its images/s beat torch's by ``AUTO_MARGIN``, or came within it while a lone image
-    took at most ``ALONE_MARGIN`` of torch's time."""
+    took at most ``SHARED_ALONE_MARGIN`` of torch's time."""
     if openvino_rate >= AUTO_MARGIN * torch_rate:
         return True
-    return openvino_rate * AUTO_MARGIN >= torch_rate and openvino_alone_ms <= ALONE_MARGIN * torch_alone_ms
+    return openvino_rate * AUTO_MARGIN >= torch_rate and openvino_alone_ms <= SHARED_ALONE_MARGIN * torch_alone_ms
 
 
 def auto_engines(openvino_rate: float, torch_rate: float, openvino_alone_ms: float, torch_alone_ms: float,

@@ -96,7 +96,9 @@ class ClipEncoder:
         std = torch.tensor(image_spec.std, device=device) / image_spec.rescale
         self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self._eager_tower = self._image_tower = _image_tower(model)
-        self.engine = "torch"  # or "openvino": see use_openvino
+        # The default tower's engine, "torch" or "openvino" (use_openvino): in a replica, the whole
+        # lane's; its forward lanes may run the other (deployments.forward.ForwardLanes.engines).
+        self.engine = "torch"
         self._openvino_model = None
 
     @property

@@ -473,9 +473,8 @@ class ClipModel:
         thresholds in force, and the trained heads with their held-out metrics."""
         return {
             "model": self.encoder.name,
-            # The engines are the lanes' (batches) and the whole lane's (a lone image): they can differ.
-            "model_info": {**self.encoder.info(), "engine": self.forward.engine,
-                           "lone_image_engine": self.forward.lone_engine},
+            # The lanes' engine (batches) and the whole lane's (a lone image) can differ.
+            "model_info": {**self.encoder.info(), **self.forward.engines()},
             "classifiers": [
                 {
                     "name": s.name, "kind": s.kind, "description": s.description,

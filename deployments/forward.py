@@ -192,7 +192,7 @@ class ForwardLanes:
         loaded, lone = engines.auto_engines(openvino_rate, torch_rate, openvino_alone, torch_alone, len(self.lanes))
         if loaded == "torch":
             lanes_to_torch()
-        if lone == "torch":  # the lanes keep OpenVINO towers of their own
+        if lone == "torch":  # lanes on OpenVINO keep their own compiled towers
             self.whole.submit(self.encoder.use_torch).result()
         why = (f"measured with {self.layout} at once, batch {RATE_BATCH}: OpenVINO {openvino_rate:.1f} img/s, "
                f"torch {torch_rate:.1f} img/s; one image on all threads: OpenVINO {openvino_alone:.1f} ms, "
@@ -245,6 +245,10 @@ class ForwardLanes:
             return times
 
         return float(np.median(self.whole.submit(run).result()))
+
+    def engines(self) -> dict[str, str]:
+        """What runs the lanes' batches and what runs a lone image (``model_info``)."""
+        return {"engine": self.engine, "lone_image_engine": self.lone_engine}
 
     @property
     def layout(self) -> str:

@@ -68,7 +68,9 @@ def test_every_lane_runs_its_own_openvino_tower_and_auto_says_why(tiny_clip_dir)
         assert cosines(five, reference).min() >= 0.999
         forward.shutdown()
         auto = ForwardLanes(partial(load_clip, tiny_clip_dir, "cpu", "float32"), threads=2, lanes=2, engine="auto")
-        assert auto.engine in ("torch", "openvino") and "measured" in auto.engine_reason
+        assert "measured" in auto.engine_reason
+        assert [isinstance(lane.tower, engines.OpenVinoTower) for lane in auto.lanes] == [auto.engine == "openvino"] * 2
+        assert isinstance(auto.encoder._image_tower, engines.OpenVinoTower) == (auto.lone_engine == "openvino")
         auto.shutdown()
     finally:
         torch.set_num_threads(threads)
@@ -129,16 +131,41 @@ def test_auto_runs_each_role_on_its_faster_engine(tiny_clip_dir, monkeypatch, ra
         assert f"OpenVINO {max(rates[1::2]):.1f}" in forward.engine_reason
         assert (f"one image on all threads: OpenVINO {min(alone[1::2]):.1f} ms, torch {min(alone[::2]):.1f} ms"
                 in forward.engine_reason)
-        on_openvino = [isinstance(lane.tower, engines.OpenVinoTower) for lane in forward.lanes]
-        assert on_openvino == [lanes_engine == "openvino"] * 2
+        towers = [lane.tower for lane in forward.lanes]
+        assert [isinstance(t, engines.OpenVinoTower) for t in towers] == [lanes_engine == "openvino"] * 2
         whole = forward.encoder._image_tower  # the whole lane runs the encoder's default tower
         assert isinstance(whole, engines.OpenVinoTower) == (lone_engine == "openvino")
-        assert forward.encoder.info()["engine"] == lone_engine
+        # Every lane has a tower of its own (a torch trace, or a one-thread compile), not the whole lane's.
+        assert towers[0] is not towers[1] and whole not in towers and None not in towers
+        assert all(t.threads == 1 for t in towers if isinstance(t, engines.OpenVinoTower))
+        assert not isinstance(whole, engines.OpenVinoTower) or whole.threads == 2
+        assert forward.engines() == {"engine": lanes_engine, "lone_image_engine": lone_engine}
         # Every role serves: a lone image on the whole lane, a batch split over the lanes.
         pixels = photos(forward.encoder.image_spec, 3)
         reference = load_clip(tiny_clip_dir, "cpu", "float32", trace=False).encode_images(pixels)
         assert cosines(asyncio.run(forward.encode(pixels[:1])), reference[:1]).min() >= 0.999
         assert cosines(asyncio.run(forward.encode(pixels)), reference).min() >= 0.999
+    finally:
+        forward.shutdown()
+        torch.set_num_threads(threads)
+
+
+@needs_openvino
+@pytest.mark.parametrize("rates, alone, chosen", [
+    ([100.0, 50.0, 60.0], [40.0, 20.0, 40.0, 20.0], "torch"),  # one tower: far slower loaded wins over alone
+    ([100.0, 97.0, 96.0], [40.0, 30.0, 45.0, 31.0], "openvino"),  # as fast loaded, a quarter quicker alone
+])
+def test_auto_with_one_lane_runs_one_engine(tiny_clip_dir, monkeypatch, rates, alone, chosen):
+    order, lone = iter(rates), iter(alone)  # one lane: torch's rate is measured once
+    monkeypatch.setattr(ForwardLanes, "_rate", lambda self, *args, **kwargs: next(order))
+    monkeypatch.setattr(ForwardLanes, "_alone_ms", lambda self, *args, **kwargs: next(lone))
+    threads = torch.get_num_threads()
+    forward = ForwardLanes(partial(load_clip, tiny_clip_dir, "cpu", "float32"), threads=2, lanes=1, engine="auto")
+    try:
+        assert forward.engines() == {"engine": chosen, "lone_image_engine": chosen}
+        assert forward.lanes == [forward.whole]
+        assert isinstance(forward.encoder._image_tower, engines.OpenVinoTower) == (chosen == "openvino")
+        assert asyncio.run(forward.encode(photos(forward.encoder.image_spec, 3))).shape[0] == 3
     finally:
         forward.shutdown()
         torch.set_num_threads(threads)
