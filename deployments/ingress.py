@@ -31,6 +31,11 @@ from deployments.responses import (
 from deployments.settings import IngressSettings
 
 STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
+# With ``uploads_by_value``, uploads up to this many bytes a call go to the model by value, over the
+# gRPC channel Serve keeps to each replica, instead of as a Ray actor task (docs/benchmarks.md).
+# Larger ones go by reference, through Ray's object store: a replica's gRPC server takes messages
+# up to 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+BY_VALUE_MAX_BYTES = 2 << 20
 
 
 class _OlderModel(Exception):
@@ -58,6 +63,7 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        self.model_by_value = model.options(_by_reference=False) if settings.uploads_by_value else model
         # Single-image uploads that arrive together share model calls (deployments/coalesce.py).
         self.uploads = UploadCoalescer(self._classify_group, settings.images_per_model_call,
                                        settings.coalesce_uploads_ms / 1000, settings.coalesce_min_out)
@@ -92,12 +98,19 @@ class Ingress:
                 raise _OlderModel from None
             raise as_moderation_error(exc) from None
 
+    def _model_for(self, size: int) -> DeploymentHandle:
+        """The model's handle for a call carrying ``size`` bytes of uploads."""
+        return self.model_by_value if size <= BY_VALUE_MAX_BYTES else self.model
+
     async def _classify_one(self, url: str | None, data: bytes | None, model_kwargs: dict):
         """One image's ``Classification``, or its ``ModerationError`` (never raised: a bad
         image, a failed download or a replica that died is that image's answer)."""
         try:
-            image = self.fetcher.fetch.remote(url) if url is not None else data
-            return await self._call(self.model.try_classify.remote(
+            if url is not None:  # the fetcher's bytes go to the model through the object store
+                image, model = self.fetcher.fetch.remote(url), self.model
+            else:
+                image, model = data, self._model_for(len(data))
+            return await self._call(model.try_classify.remote(
                 image, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
         except ModerationError as error:
             return error
@@ -110,7 +123,7 @@ class Ingress:
         self.metrics.upload_call_images.inc(len(data))
         if len(data) == 1:
             return [await self._classify_one(None, data[0], model_kwargs)]
-        response = self.model.try_classify_many.remote(
+        response = self._model_for(sum(map(len, data))).try_classify_many.remote(
             data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs)
         try:
             outcomes = await self._call(response, many=True)

@@ -330,6 +330,38 @@ def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
         assert_same_scores(body["items"][i]["results"], alone["results"])
 
 
+def noise_png(side: int, seed: int) -> bytes:
+    """A PNG that does not compress: about 3 bytes a pixel."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_uploads_too_large_to_go_by_value_go_through_the_object_store(http):
+    """Small uploads reach the model by value, over Serve's gRPC channel to the replica, whose
+    server takes messages up to 4 MiB; a call carrying more than ``BY_VALUE_MAX_BYTES`` goes by
+    reference. A single upload of 3 MiB, and three of 1.5 MiB in one model call (4.4 MiB: more
+    than the gRPC limit), are answered like small ones."""
+    from deployments.ingress import BY_VALUE_MAX_BYTES
+
+    big = noise_png(1024, seed=1)
+    parts = [noise_png(700, seed=s) for s in (2, 3, 4)]
+    assert len(big) > BY_VALUE_MAX_BYTES and sum(map(len, parts)) > 4 << 20 > max(map(len, parts))
+    alone = upload(http, data=big, classifiers="nudity")
+    assert alone.status_code == 200, alone.text
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate([*parts, PHOTO])]
+    body = http.post("/v1/classify/batch", files=files, data={"classifiers": "nudity"}).json()
+    assert body["errors"] == 0, body
+    for data, item in zip(parts, body["items"]):
+        assert_same_scores(item["results"], upload(http, data=data, classifiers="nudity").json()["results"])
+
+
 def test_concurrent_single_uploads_each_get_their_own_answer(http):
     """Uploads that arrive together share model calls (``coalesce_uploads_ms``; ``coalesce_min_out`` 1 here):
     each response is still that image's, with that request's options, and a bad image fails alone."""
