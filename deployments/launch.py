@@ -7,7 +7,10 @@ tracebacks; this launcher fails first, with one message, when the weights cannot
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -69,8 +72,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderation-serve: {name}={value}", file=sys.stderr)
     from ray.serve.scripts import cli
 
-    with own_haproxy_files():
+    with own_haproxy_files(), stop_on_signals():
         return cli.main(["run", args.config, *serve_args], prog_name="serve")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM stop the service as Ctrl-C does: ``serve run`` shuts Serve down, then
+    ``own_haproxy_files`` stops Ray and any HAProxy left.
+
+    Without this, a launcher started in the background of a script ignores SIGINT (the shell
+    starts it so, and Python then installs no handler), and SIGTERM ends it at once: ``ray.init``
+    in ``serve run`` installs Ray's crash handler for SIGTERM, which exits without cleaning up,
+    so the HAProxy it started kept port 8000 and the next start failed. Our handler goes back in
+    each time ``ray.init`` returns.
+    """
+    import ray
+
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    init = ray.init
+
+    @functools.wraps(init)
+    def init_keeping_our_handler(*args, **kwargs):
+        try:
+            return init(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, _interrupt)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    ray.init = init_keeping_our_handler
+    try:
+        yield
+    finally:
+        ray.init = init
+        for number, handler in saved.items():
+            signal.signal(number, handler)
 
 
 def _report_heads(heads_dir: str) -> None:
