@@ -2,6 +2,7 @@
 
 
 import asyncio
+import logging
 import time
 from functools import partial
 
@@ -27,9 +28,11 @@ from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
 from deployments.responses import (
     ERROR_RESPONSES, as_moderation_error, install_error_handlers, missing_method, request_id_of,
+    too_large_for_grpc,
 )
 from deployments.settings import IngressSettings
 
+logger = logging.getLogger("ray.serve")
 STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
 # With ``uploads_by_value``, uploads up to this many bytes a call go to the model by value, over the
 # gRPC channel Serve keeps to each replica, instead of as a Ray actor task (docs/benchmarks.md).
@@ -40,6 +43,10 @@ BY_VALUE_MAX_BYTES = 2 << 20
 
 class _OlderModel(Exception):
     """The model replica that took a call predates ``try_classify_many``."""
+
+
+class _TooLargeByValue(Exception):
+    """A call by value, or its answer, exceeded the replica's gRPC message limit."""
 
 
 app = FastAPI(
@@ -63,12 +70,12 @@ class Ingress:
         self, fetcher: DeploymentHandle, model: DeploymentHandle, settings: IngressSettings
     ) -> None:
         self.fetcher, self.model, self.settings = fetcher, model, settings
+        for handle in (fetcher, model):
+            buffer_handle_counter(handle)  # before options(): the copy shares the buffered counter
         self.model_by_value = model.options(_by_reference=False) if settings.uploads_by_value else model
         # Single-image uploads that arrive together share model calls (deployments/coalesce.py).
         self.uploads = UploadCoalescer(self._classify_group, settings.images_per_model_call,
                                        settings.coalesce_uploads_ms / 1000, settings.coalesce_min_out)
-        for handle in (fetcher, model):
-            buffer_handle_counter(handle)
         self.metrics = IngressMetrics()
         app.state.max_body_bytes = body_limit(settings.max_upload_bytes)
         app.state.body_limits = {"/v1/classify/batch": settings.max_request_bytes,
@@ -92,26 +99,43 @@ class Ingress:
             raise ModerationError("request_timeout", "the request took too long") from None
         except asyncio.CancelledError:  # the caller left (or a shared call's callers all did)
             response.cancel()
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Not ours: a call by value brings back the replica's own cancellation (it stopped).
+                raise ModerationError("model_unavailable", "a replica is restarting; retry shortly") from None
             raise
         except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
             if many and missing_method(exc, "try_classify_many"):
                 raise _OlderModel from None
+            if too_large_for_grpc(exc):
+                raise _TooLargeByValue from None
             raise as_moderation_error(exc) from None
 
-    def _model_for(self, size: int) -> DeploymentHandle:
-        """The model's handle for a call carrying ``size`` bytes of uploads."""
-        return self.model_by_value if size <= BY_VALUE_MAX_BYTES else self.model
+    async def _call_model(self, method: str, payload, size: int, model_kwargs: dict, many: bool = False):
+        """``method`` of a model replica on ``payload`` (``size`` bytes of uploads): by value
+        where they fit (``BY_VALUE_MAX_BYTES``), else through the object store; an answer too
+        large for Serve's gRPC messages (4 MiB: many faces or bank matches) is asked for again
+        by reference."""
+        wait_limit_s = 2 * self.settings.queue_deadline_ms / 1000
+        model = self.model_by_value if size <= BY_VALUE_MAX_BYTES else self.model
+        try:
+            return await self._call(getattr(model, method).remote(payload, wait_limit_s=wait_limit_s, **model_kwargs),
+                                    many=many)
+        except _TooLargeByValue:
+            logger.warning("a %s answer was too large for a gRPC message; asked again by reference", method)
+        return await self._call(getattr(self.model, method).remote(payload, wait_limit_s=wait_limit_s, **model_kwargs),
+                                many=many)
 
     async def _classify_one(self, url: str | None, data: bytes | None, model_kwargs: dict):
         """One image's ``Classification``, or its ``ModerationError`` (never raised: a bad
         image, a failed download or a replica that died is that image's answer)."""
         try:
-            if url is not None:  # the fetcher's bytes go to the model through the object store
-                image, model = self.fetcher.fetch.remote(url), self.model
-            else:
-                image, model = data, self._model_for(len(data))
-            return await self._call(model.try_classify.remote(
-                image, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs))
+            if url is None:
+                return await self._call_model("try_classify", data, len(data), model_kwargs)
+            # The fetcher's bytes go to the model through the object store, not through here.
+            return await self._call(self.model.try_classify.remote(
+                self.fetcher.fetch.remote(url), wait_limit_s=2 * self.settings.queue_deadline_ms / 1000,
+                **model_kwargs))
         except ModerationError as error:
             return error
 
@@ -123,10 +147,8 @@ class Ingress:
         self.metrics.upload_call_images.inc(len(data))
         if len(data) == 1:
             return [await self._classify_one(None, data[0], model_kwargs)]
-        response = self._model_for(sum(map(len, data))).try_classify_many.remote(
-            data, wait_limit_s=2 * self.settings.queue_deadline_ms / 1000, **model_kwargs)
         try:
-            outcomes = await self._call(response, many=True)
+            outcomes = await self._call_model("try_classify_many", data, sum(map(len, data)), model_kwargs, many=True)
         except _OlderModel:
             self.metrics.upload_calls.inc(len(data))  # a call per image after all
             return list(await asyncio.gather(*(self._classify_one(None, image, model_kwargs) for image in data)))

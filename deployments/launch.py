@@ -12,6 +12,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -72,18 +73,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderation-serve: {name}={value}", file=sys.stderr)
     from ray.serve.scripts import cli
 
-    with own_haproxy_files(), stop_on_signals():
+    with stop_on_signals(), own_haproxy_files():
         return cli.main(["run", args.config, *serve_args], prog_name="serve")
 
 
 def _interrupt(signum, frame) -> None:
+    """The first SIGINT or SIGTERM stops the service; later ones are ignored, so that they
+    cannot cut short Serve's shutdown or the clean-up after it (SIGKILL still can)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    print(f"moderation-serve: {signal.Signals(signum).name}: stopping (further signals are ignored)",
+          file=sys.stderr)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGINT and SIGTERM stop the service as Ctrl-C does: ``serve run`` shuts Serve down, then
-    ``own_haproxy_files`` stops Ray and any HAProxy left.
+    ``own_haproxy_files`` stops Ray and any HAProxy left (inside this block, so a signal in
+    that clean-up is ignored too).
 
     Without this, a launcher started in the background of a script ignores SIGINT (the shell
     starts it so, and Python then installs no handler), and SIGTERM ends it at once: ``ray.init``
@@ -100,8 +108,10 @@ def stop_on_signals():
     def init_keeping_our_handler(*args, **kwargs):
         try:
             return init(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, _interrupt)
+        finally:  # unless a signal came already, and where signals can be set
+            if threading.current_thread() is threading.main_thread() and \
+                    signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, _interrupt)
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -83,11 +83,30 @@ def as_moderation_error(exc: BaseException) -> ModerationError:
             return ModerationError(current.code, current.message)
         if isinstance(current, BackPressureError):
             return ModerationError("overloaded", "the service is overloaded; retry shortly")
-        if isinstance(current, (RayActorError, ActorUnavailableError)):
+        if isinstance(current, (RayActorError, ActorUnavailableError)) or _grpc_code(current) in _REPLICA_GONE:
             # A replica died or restarts mid-request (Ray starts a new one): retryable.
             return ModerationError("model_unavailable", "a replica is restarting; retry shortly")
     logger.error("unexpected error: %r", exc, exc_info=exc)
     return ModerationError("internal_error", "an internal error occurred")
+
+
+# gRPC codes a handle call by value ends with when its replica stops or goes away (Serve itself
+# turns UNAVAILABLE into ActorUnavailableError).
+_REPLICA_GONE = {"UNAVAILABLE", "CANCELLED", "ABORTED"}
+
+
+def _grpc_code(exc: BaseException) -> str | None:
+    """The status code's name of a ``grpc.aio.AioRpcError`` (a handle call by value), else None."""
+    code = getattr(exc, "code", None)
+    if not callable(code) or type(exc).__module__.split(".")[0] != "grpc":
+        return None
+    return getattr(code(), "name", None)
+
+
+def too_large_for_grpc(exc: BaseException) -> bool:
+    """Whether a handle call by value failed because its message or answer exceeded the gRPC
+    limit (RESOURCE_EXHAUSTED); by reference, through the object store, it would go."""
+    return any(_grpc_code(current) == "RESOURCE_EXHAUSTED" for current in _causes(exc))
 
 
 def missing_method(exc: BaseException, method: str) -> bool:

@@ -122,9 +122,11 @@ def own_haproxy_files(environ: MutableMapping[str, str] = os.environ) -> Iterato
     finally:
         import ray
 
-        ray.shutdown()  # no HAProxy manager left to start another one
-        leftover = stop_leftover_haproxy(run_dir)
-        if leftover:
-            logger.warning("stopped HAProxy processes Ray left running: %s", leftover)
-        del environ[HAPROXY_CONFIG]
-        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            ray.shutdown()  # no HAProxy manager left to start another one
+        finally:
+            leftover = stop_leftover_haproxy(run_dir)
+            if leftover:
+                logger.warning("stopped HAProxy processes Ray left running: %s", leftover)
+            del environ[HAPROXY_CONFIG]
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -63,7 +63,6 @@ def service(tiny_clip_dir, servers):
     )
     open_args = AppArgs(model=tiny_clip_dir, max_batch_size=4, batch_wait_timeout_s=0.01, fetch=fetch,
                         engine="torch",  # test_service's serves OpenVINO
-                        uploads_by_value=False,  # test_service's go by value
                         known_images=NO_CACHE)
     guarded_args = AppArgs(
         model=tiny_clip_dir, request_timeout_s=1.5, known_images=NO_CACHE,

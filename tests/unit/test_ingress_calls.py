@@ -1,0 +1,124 @@
+"""How the ingress calls the model (``Ingress._call_model`` and ``_call``), with fake handles
+behind the same interface: which handle a call takes, an answer too large for a gRPC message
+asked for again by reference, and the failures of a call by value as the service's codes."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from grpc.aio import AioRpcError, Metadata
+
+from classifiers.errors import ModerationError
+from deployments.ingress import BY_VALUE_MAX_BYTES, Ingress
+from deployments.responses import as_moderation_error, too_large_for_grpc
+
+IngressClass = Ingress.func_or_class
+
+
+def rpc_error(code: grpc.StatusCode) -> AioRpcError:
+    return AioRpcError(code, Metadata(), Metadata(), f"{code.name} from the fake")
+
+
+class FakeResponse:
+    """Awaitable like a ``DeploymentResponse``: answers ``outcome``, or raises it."""
+
+    def __init__(self, outcome) -> None:
+        self.outcome, self.cancelled = outcome, False
+
+    def __await__(self):
+        if False:
+            yield
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    """``handle.<method>.remote(...)`` records the call and answers the next outcome."""
+
+    def __init__(self, name: str, outcomes: list, calls: list) -> None:
+        self.name, self.outcomes, self.calls = name, outcomes, calls
+
+    def __getattr__(self, method: str):
+        def remote(payload, **kwargs):
+            self.calls.append((self.name, method, payload))
+            return FakeResponse(self.outcomes.pop(0))
+
+        return SimpleNamespace(remote=remote)
+
+
+def fake_ingress(by_value: list, by_reference: list):
+    calls: list = []
+    ingress = SimpleNamespace(settings=SimpleNamespace(queue_deadline_ms=500, request_timeout_s=5),
+                              model=FakeHandle("reference", by_reference, calls),
+                              model_by_value=FakeHandle("value", by_value, calls))
+    ingress._call = lambda *args, **kwargs: IngressClass._call(ingress, *args, **kwargs)
+    return ingress, calls
+
+
+def call_model(ingress, size: int, method: str = "try_classify", many: bool = False):
+    return asyncio.run(IngressClass._call_model(ingress, method, b"image", size, {"classifiers": None}, many=many))
+
+
+def test_uploads_that_fit_go_by_value_and_larger_ones_by_reference():
+    ingress, calls = fake_ingress(by_value=["small"], by_reference=["large"])
+    assert call_model(ingress, BY_VALUE_MAX_BYTES) == "small"
+    assert call_model(ingress, BY_VALUE_MAX_BYTES + 1) == "large"
+    assert [name for name, _, _ in calls] == ["value", "reference"]
+
+
+def test_an_answer_too_large_for_grpc_is_asked_for_again_by_reference():
+    ingress, calls = fake_ingress(by_value=[rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)],
+                                  by_reference=[["a", "b"]])
+    assert call_model(ingress, 1000, "try_classify_many", many=True) == ["a", "b"]
+    assert calls == [("value", "try_classify_many", b"image"), ("reference", "try_classify_many", b"image")]
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED])
+def test_a_replica_that_stops_under_a_call_by_value_is_a_retryable_503(code):
+    ingress, calls = fake_ingress(by_value=[rpc_error(code)], by_reference=[])
+    with pytest.raises(ModerationError) as raised:
+        call_model(ingress, 10)
+    assert raised.value.code == "model_unavailable" and len(calls) == 1
+
+
+def test_the_replicas_own_cancellation_sent_back_by_value_is_a_503_not_the_callers():
+    ingress, _ = fake_ingress(by_value=[asyncio.CancelledError()], by_reference=[])
+    with pytest.raises(ModerationError) as raised:
+        call_model(ingress, 10)
+    assert raised.value.code == "model_unavailable"
+
+
+def test_a_caller_that_leaves_still_cancels_its_call():
+    responses = []
+
+    class Slow(FakeResponse):
+        def __await__(self):
+            return asyncio.sleep(30).__await__()
+
+    async def scenario():
+        ingress = SimpleNamespace(settings=SimpleNamespace(request_timeout_s=60))
+        response = Slow(None)
+        responses.append(response)
+        task = asyncio.ensure_future(IngressClass._call(ingress, response))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert responses[0].cancelled
+
+
+def test_grpc_codes_as_the_services_errors():
+    assert too_large_for_grpc(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
+    assert not too_large_for_grpc(rpc_error(grpc.StatusCode.UNAVAILABLE))
+    assert not too_large_for_grpc(RuntimeError("RESOURCE_EXHAUSTED"))
+    assert as_moderation_error(rpc_error(grpc.StatusCode.CANCELLED)).code == "model_unavailable"
+    assert as_moderation_error(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)).code == "internal_error"
