@@ -83,3 +83,22 @@ def kill_with_ray(proc) -> None:
     proc.wait(timeout=30)
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
                    timeout=120)
+
+
+def wait_launcher_healthy(port: int, proc, log, timeout_s: float = 240) -> None:
+    """Until ``moderation-serve`` (``proc``, its output in the file ``log``) answers
+    ``/healthz`` on ``port``; fails with the log's tail if it exits or takes ``timeout_s``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"moderation-serve exited:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"moderation-serve not healthy in {timeout_s} s:\n{log.read_text()[-3000:]}")

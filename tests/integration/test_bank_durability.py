@@ -9,18 +9,16 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from clients.http import ModerationClient
 from deployments.serve_env import stop_leftover_haproxy
 from deployments.settings import AppArgs, KnownImagesSettings
-from integration.cluster import app_config, kill_with_ray
+from integration.cluster import app_config, kill_with_ray, wait_launcher_healthy
 from integration.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -31,19 +29,6 @@ START_S = 240
 def start(config: Path, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "deployments.launch", str(config)], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"moderation-serve exited:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"moderation-serve not healthy in {START_S} s:\n{log.read_text()[-3000:]}")
 
 
 def kill(proc: subprocess.Popen, haproxy_dir: Path) -> None:
@@ -69,7 +54,7 @@ def test_entries_added_by_eight_clients_survive_sigkill(tiny_clip_dir, tmp_path)
     hashes = [secrets.token_hex(32) for _ in range(TOTAL)]
     proc = start(config, env, log)
     try:
-        wait_healthy(port, proc, log)
+        wait_launcher_healthy(port, proc, log, START_S)
         with ModerationClient(f"http://127.0.0.1:{port}") as client:
             client.banks.create("durable", "block")
 
@@ -85,7 +70,7 @@ def test_entries_added_by_eight_clients_survive_sigkill(tiny_clip_dir, tmp_path)
         kill(proc, haproxy_dir)
 
         proc = start(config, env, log)
-        wait_healthy(port, proc, log)
+        wait_launcher_healthy(port, proc, log, START_S)
         with ModerationClient(f"http://127.0.0.1:{port}") as client:
             assert client.banks.get("durable").entries == TOTAL
             assert {e.hash for e in client.banks.iter_entries("durable", page=5000)} == set(hashes)

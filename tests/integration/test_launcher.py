@@ -15,12 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from deployments.settings import AppArgs, KnownImagesSettings
-from integration.cluster import app_config, kill_with_ray
+from integration.cluster import app_config, kill_with_ray, wait_launcher_healthy
 from integration.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -70,16 +69,7 @@ def test_the_launcher_stops_cleanly_on_a_signal(tiny_clip_dir, tmp_path, stop_si
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_as_background_job)
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert proc.poll() is None, f"moderation-serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not healthy in {START_S} s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+        wait_launcher_healthy(port, proc, log, START_S)
         assert haproxy_under(temp), "HAProxy mode is on: one should serve the port"
         start = time.monotonic()
         proc.send_signal(stop_signal)  # the launcher only, as `kill PID` or systemd's stop does
