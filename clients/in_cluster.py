@@ -12,7 +12,8 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -44,18 +45,66 @@ def _payload(image: Any) -> bytes | np.ndarray:
 
 
 class InClusterClient:
-    """Same inputs and result type as the HTTP clients, over a ``DeploymentHandle``."""
+    """Same inputs and result type as the HTTP clients, over a ``DeploymentHandle``.
 
-    def __init__(self, app_name: str = "moderation") -> None:
+    With ``by_value`` (the default), a call carrying up to ``BY_VALUE_MAX_BYTES`` of images goes
+    to the replica by value, over the gRPC channel Serve keeps to it, as the ingress sends uploads
+    (docs/benchmarks.md, "Uploads by value"); larger calls, and every call with ``by_value=False``,
+    go as Ray actor tasks, the images through the object store. By value, this process must reach
+    the replicas' gRPC ports (docs/operations.md). A call that fails because its replica died or
+    is restarting raises ``ModerationAPIError`` 503 ``model_unavailable``, as over HTTP.
+    """
+
+    def __init__(self, app_name: str = "moderation", by_value: bool = True) -> None:
         from ray import serve
 
         self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
+        self._by_value = self._handle.options(_by_reference=False) if by_value else self._handle
 
-    def _call(self, image: Any, classifiers, labels, unsafe_labels, threshold):
-        # try_classify returns bad-input errors as values: no replica traceback per bad image.
-        return self._handle.try_classify.remote(
-            _payload(image), classifiers, labels, unsafe_labels or (), threshold
-        )
+    def _handles(self, payload: Any) -> list:
+        """The handles to ask, in order: by value where ``payload`` fits, then by reference (for
+        an answer too large for a gRPC message)."""
+        from deployments.responses import BY_VALUE_MAX_BYTES
+
+        size = sum(map(_size, payload)) if isinstance(payload, list) else _size(payload)
+        return [self._by_value, self._handle] if size <= BY_VALUE_MAX_BYTES and self._by_value is not self._handle \
+            else [self._handle]
+
+    def _result(self, method: str, payload: Any, options: tuple):
+        """``method``'s answer, blocking; a failure raised as ``_raise_failure`` says."""
+        from deployments.responses import too_large_for_grpc
+
+        *by_value, last = self._handles(payload)
+        try:
+            for handle in by_value:
+                try:
+                    return getattr(handle, method).remote(payload, *options).result()
+                except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
+                    if not too_large_for_grpc(exc):
+                        raise
+            return getattr(last, method).remote(payload, *options).result()
+        except Exception as exc:
+            _raise_failure(exc)
+
+    async def _answer(self, method: str, payload: Any, options: tuple):
+        """``_result`` without blocking."""
+        from deployments.responses import too_large_for_grpc
+
+        *by_value, last = self._handles(payload)
+        try:
+            for handle in by_value:
+                try:
+                    return await _awaited(getattr(handle, method).remote(payload, *options))
+                except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
+                    if not too_large_for_grpc(exc):
+                        raise
+            return await _awaited(getattr(last, method).remote(payload, *options))
+        except Exception as exc:
+            _raise_failure(exc)
+
+    @staticmethod
+    def _options(classifiers, labels, unsafe_labels, threshold) -> tuple:
+        return classifiers, labels, unsafe_labels or (), threshold
 
     def classify(
         self,
@@ -67,7 +116,9 @@ class InClusterClient:
     ) -> ClassifyResponse:
         """Blocking call, for drivers, tasks and Ray Data ``map`` functions."""
         start = time.perf_counter()
-        return _response(self._call(image, classifiers, labels, unsafe_labels, threshold).result(), start)
+        # try_classify returns bad-input errors as values: no replica traceback per bad image.
+        options = self._options(classifiers, labels, unsafe_labels, threshold)
+        return _response(self._result("try_classify", _payload(image), options), start)
 
     async def aclassify(
         self,
@@ -79,7 +130,8 @@ class InClusterClient:
     ) -> ClassifyResponse:
         """Non-blocking call, for async actors and other Serve deployments."""
         start = time.perf_counter()
-        return _response(await self._call(image, classifiers, labels, unsafe_labels, threshold), start)
+        options = self._options(classifiers, labels, unsafe_labels, threshold)
+        return _response(await self._answer("try_classify", _payload(image), options), start)
 
     def classify_batch(
         self,
@@ -100,19 +152,14 @@ class InClusterClient:
         sendable = [p for p in payloads if not isinstance(p, Exception)]
         if not sendable:
             return _in_order(payloads, [], start)
-        options = (classifiers, labels, unsafe_labels or (), threshold)
+        options = self._options(classifiers, labels, unsafe_labels, threshold)
         try:
-            outcomes = self._handle.try_classify_many.remote(sendable, *options).result()
+            outcomes = self._result(MANY_METHOD, sendable, options)
         except Exception as exc:
             if not _older_replica(exc):
                 raise
-            calls = [self._handle.try_classify.remote(p, *options) for p in sendable]
-            outcomes = []
-            for call in calls:
-                try:
-                    outcomes.append(call.result())
-                except Exception as error:  # noqa: BLE001 - that image's answer only
-                    outcomes.append(error)
+            with ThreadPoolExecutor(min(len(sendable), 16)) as pool:
+                outcomes = list(pool.map(lambda p: _outcome(self._result, "try_classify", p, options), sendable))
         return _in_order(payloads, outcomes, start)
 
     async def aclassify_batch(
@@ -129,14 +176,14 @@ class InClusterClient:
         sendable = [p for p in payloads if not isinstance(p, Exception)]
         if not sendable:
             return _in_order(payloads, [], start)
-        options = (classifiers, labels, unsafe_labels or (), threshold)
+        options = self._options(classifiers, labels, unsafe_labels, threshold)
         try:
-            outcomes = await self._handle.try_classify_many.remote(sendable, *options)
+            outcomes = await self._answer(MANY_METHOD, sendable, options)
         except Exception as exc:
             if not _older_replica(exc):
                 raise
             outcomes = await asyncio.gather(
-                *(self._handle.try_classify.remote(p, *options) for p in sendable), return_exceptions=True)
+                *(self._answer("try_classify", p, options) for p in sendable), return_exceptions=True)
         return _in_order(payloads, list(outcomes), start)
 
     def classify_many(
@@ -162,6 +209,47 @@ class InClusterClient:
                     else ManyResult(i, images[i], answer) for i, answer in zip(indices, answers)]
 
         yield from chunks_in_threads(chunk_of, len(images), batch_size, concurrency, ordered)
+
+
+def _size(payload: bytes | np.ndarray) -> int:
+    return payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
+
+
+async def _awaited(response):
+    """A handle call's answer. By value, a replica that stops sends its own cancellation back:
+    unless this task is being cancelled, that is the replica's failure, not the caller's."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():
+            raise _unavailable() from None
+        raise
+
+
+def _unavailable() -> ModerationAPIError:
+    from deployments.responses import REPLICA_RESTARTING
+
+    return ModerationAPIError(503, "model_unavailable", REPLICA_RESTARTING, None)
+
+
+def _raise_failure(exc: Exception) -> NoReturn:
+    """Raise what a handle call that failed as a whole raises: ``ModerationAPIError`` 503
+    ``model_unavailable`` when its replica died or is restarting (retry), else ``exc`` itself."""
+    from deployments.responses import replica_gone
+
+    if replica_gone(exc):
+        raise _unavailable() from exc
+    raise exc
+
+
+def _outcome(call, *args):
+    """``call(*args)``, or the exception it raised: one image's answer of a fallback."""
+    try:
+        return call(*args)
+    except Exception as error:  # noqa: BLE001 - that image's answer only
+        return error
 
 
 def _response(result, start: float) -> ClassifyResponse:

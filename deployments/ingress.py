@@ -27,18 +27,13 @@ from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
 from deployments.responses import (
-    ERROR_RESPONSES, as_moderation_error, install_error_handlers, missing_method, request_id_of,
-    too_large_for_grpc,
+    BY_VALUE_MAX_BYTES, ERROR_RESPONSES, REPLICA_RESTARTING, as_moderation_error, install_error_handlers,
+    missing_method, request_id_of, too_large_for_grpc,
 )
 from deployments.settings import IngressSettings
 
 logger = logging.getLogger("ray.serve")
 STATIC_DIR = Path(__file__).parent / "static"  # the try-it page: plain HTML, CSS and JS
-# With ``uploads_by_value``, uploads up to this many bytes a call go to the model by value, over the
-# gRPC channel Serve keeps to each replica, instead of as a Ray actor task (docs/benchmarks.md).
-# Larger ones go by reference, through Ray's object store: a replica's gRPC server takes messages
-# up to 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
-BY_VALUE_MAX_BYTES = 2 << 20
 
 
 class _OlderModel(Exception):
@@ -102,7 +97,7 @@ class Ingress:
             task = asyncio.current_task()
             if task is not None and not task.cancelling():
                 # Not ours: a call by value brings back the replica's own cancellation (it stopped).
-                raise ModerationError("model_unavailable", "a replica is restarting; retry shortly") from None
+                raise ModerationError("model_unavailable", REPLICA_RESTARTING) from None
             raise
         except Exception as exc:  # noqa: BLE001 - every failure leaves as an error body
             if many and missing_method(exc, "try_classify_many"):

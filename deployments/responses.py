@@ -75,7 +75,6 @@ def _causes(exc: BaseException):
 
 def as_moderation_error(exc: BaseException) -> ModerationError:
     """Find the ``ModerationError`` behind an exception from a handle call, or classify it."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError
 
     for current in _causes(exc):
@@ -83,13 +82,31 @@ def as_moderation_error(exc: BaseException) -> ModerationError:
             return ModerationError(current.code, current.message)
         if isinstance(current, BackPressureError):
             return ModerationError("overloaded", "the service is overloaded; retry shortly")
-        if isinstance(current, (RayActorError, ActorUnavailableError)) or _grpc_code(current) in _REPLICA_GONE:
+        if _replica_gone(current):
             # A replica died or restarts mid-request (Ray starts a new one): retryable.
-            return ModerationError("model_unavailable", "a replica is restarting; retry shortly")
+            return ModerationError("model_unavailable", REPLICA_RESTARTING)
     logger.error("unexpected error: %r", exc, exc_info=exc)
     return ModerationError("internal_error", "an internal error occurred")
 
 
+def _replica_gone(exc: BaseException) -> bool:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (RayActorError, ActorUnavailableError)) or _grpc_code(exc) in _REPLICA_GONE
+
+
+def replica_gone(exc: BaseException) -> bool:
+    """Whether a handle call failed because its replica died, stopped or is restarting (by
+    reference: a Ray actor error; by value: that or a gRPC code of ``_REPLICA_GONE``)."""
+    return any(_replica_gone(current) for current in _causes(exc))
+
+
+# Handle calls carrying up to this many bytes of images go to the model by value, over the gRPC
+# channel Serve keeps to each replica, instead of as a Ray actor task (docs/benchmarks.md). Larger
+# ones go by reference, through Ray's object store: a replica's gRPC server takes messages up to
+# 4 MiB (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH).
+BY_VALUE_MAX_BYTES = 2 << 20
+REPLICA_RESTARTING = "a replica is restarting; retry shortly"
 # gRPC codes a handle call by value ends with when its replica stops or goes away (Serve itself
 # turns UNAVAILABLE into ActorUnavailableError).
 _REPLICA_GONE = {"UNAVAILABLE", "CANCELLED", "ABORTED"}

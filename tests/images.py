@@ -11,6 +11,18 @@ def png(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
     return encode(photo_like(width, height, seed), "PNG")
 
 
+def noise_png(side: int, seed: int) -> bytes:
+    """A PNG that does not compress: about 3 bytes a pixel."""
+    import io
+
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
     import struct

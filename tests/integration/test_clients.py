@@ -23,7 +23,7 @@ from deployments.app import build_app
 from deployments.fetcher import ImageFetcher
 from deployments.ingress import Ingress
 from deployments.settings import AppArgs, FetchSettings
-from images import jpeg
+from images import jpeg, noise_png
 from integration.cluster import serve_on_loopback
 from integration.servers import PHOTO, free_port, serve_routes
 
@@ -339,6 +339,27 @@ def test_in_cluster_client_classifies_a_batch_in_one_call(base_url, tmp_path):
     unreadable = in_cluster.classify_batch([str(tmp_path / "missing.jpg")])  # nothing to send: no call
     assert len(unreadable) == 1 and isinstance(unreadable[0], FileNotFoundError)
     assert in_cluster.classify_batch([]) == []
+
+
+def test_in_cluster_calls_too_large_to_go_by_value_go_through_the_object_store(base_url):
+    """By value, a replica's gRPC server takes messages up to 4 MiB: a call carrying more than
+    ``BY_VALUE_MAX_BYTES`` of images goes by reference, and is answered like a small one. Sent by
+    value anyway (without the threshold, and without asking again on gRPC RESOURCE_EXHAUSTED), the
+    batch of 4.4 MiB fails as a whole."""
+    from deployments.responses import BY_VALUE_MAX_BYTES
+
+    big = noise_png(1024, seed=1)
+    parts = [noise_png(700, seed=s) for s in (2, 3, 4)]
+    assert len(big) > BY_VALUE_MAX_BYTES and sum(map(len, parts)) > 4 << 20 > max(map(len, parts))
+    in_cluster = InClusterClient("moderation")
+    by_reference = InClusterClient("moderation", by_value=False)
+    assert in_cluster.classify(big, classifiers=["nudity"]).results["nudity"]
+    answers = in_cluster.classify_batch([*parts, PHOTO], classifiers=["nudity"])
+    assert all(isinstance(answer, ClassifyResponse) for answer in answers), answers
+    for answer, alone in zip(answers, by_reference.classify_batch([*parts, PHOTO], classifiers=["nudity"])):
+        assert nudity_scores(answer) == pytest.approx(nudity_scores(alone), abs=1e-6)
+    again = asyncio.run(in_cluster.aclassify_batch(parts, classifiers=["nudity"]))
+    assert all(isinstance(answer, ClassifyResponse) for answer in again), again
 
 
 @serve.deployment(name="ClipModel", ray_actor_options={"num_cpus": 0})

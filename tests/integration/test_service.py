@@ -12,7 +12,7 @@ from classifiers.errors import ModerationError
 from classifiers.registry import BUILTIN_CLASSIFIERS
 from classifiers.results import Classification
 from deployments.settings import AppArgs, FetchSettings, KnownImagesSettings
-from images import jpeg, png
+from images import jpeg, noise_png, png
 from integration.cluster import app_config, deploy_apps, serve_on_loopback
 from integration.servers import serve_routes
 
@@ -330,25 +330,12 @@ def test_many_images_in_one_model_call_answer_each_alone_and_in_order(http):
         assert_same_scores(body["items"][i]["results"], alone["results"])
 
 
-def noise_png(side: int, seed: int) -> bytes:
-    """A PNG that does not compress: about 3 bytes a pixel."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def test_uploads_too_large_to_go_by_value_go_through_the_object_store(http):
     """Small uploads reach the model by value, over Serve's gRPC channel to the replica, whose
     server takes messages up to 4 MiB; a call carrying more than ``BY_VALUE_MAX_BYTES`` goes by
     reference. A single upload of 3 MiB, and three of 1.5 MiB in one model call (4.4 MiB: more
     than the gRPC limit), are answered like small ones."""
-    from deployments.ingress import BY_VALUE_MAX_BYTES
+    from deployments.responses import BY_VALUE_MAX_BYTES
 
     big = noise_png(1024, seed=1)
     parts = [noise_png(700, seed=s) for s in (2, 3, 4)]

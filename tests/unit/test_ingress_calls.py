@@ -12,8 +12,8 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 
 from classifiers.errors import ModerationError
-from deployments.ingress import BY_VALUE_MAX_BYTES, Ingress
-from deployments.responses import as_moderation_error, too_large_for_grpc
+from deployments.ingress import Ingress
+from deployments.responses import BY_VALUE_MAX_BYTES, as_moderation_error, too_large_for_grpc
 
 IngressClass = Ingress.func_or_class
 
