@@ -12,8 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -51,56 +50,73 @@ class InClusterClient:
     to the replica by value, over the gRPC channel Serve keeps to it, as the ingress sends uploads
     (docs/benchmarks.md, "Uploads by value"); larger calls, and every call with ``by_value=False``,
     go as Ray actor tasks, the images through the object store. By value, this process must reach
-    the replicas' gRPC ports (docs/operations.md). A call that fails because its replica died or
-    is restarting raises ``ModerationAPIError`` 503 ``model_unavailable``, as over HTTP.
+    the replicas' gRPC ports (docs/operations.md); the client does not read the service's
+    ``uploads_by_value``. A call that fails as a whole with one of the service's errors raises it
+    as ``ModerationAPIError``, as over HTTP: 503 ``model_unavailable`` when its replica died or is
+    restarting, 503 ``overloaded`` when the model's queue is full (retry both; this client does
+    not retry by itself); other failures are raised as they are.
     """
 
     def __init__(self, app_name: str = "moderation", by_value: bool = True) -> None:
         from ray import serve
 
-        self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
-        self._by_value = self._handle.options(_by_reference=False) if by_value else self._handle
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
+        # Both ways asked for by name: RAY_SERVE_THROUGHPUT_OPTIMIZED would make by value the default.
+        self._by_reference = handle.options(_by_reference=True)
+        self._by_value = handle.options(_by_reference=False) if by_value else self._by_reference
 
-    def _handles(self, payload: Any) -> list:
-        """The handles to ask, in order: by value where ``payload`` fits, then by reference (for
-        an answer too large for a gRPC message)."""
-        from deployments.responses import BY_VALUE_MAX_BYTES
+    def _send(self, method: str, payload: Any, options: tuple) -> tuple[Any, bool]:
+        """Start ``method`` on ``payload``: by value where it fits, else by reference. Returns the
+        response and whether it went by value."""
+        from deployments.model_calls import BY_VALUE_MAX_BYTES, payload_bytes
 
-        size = sum(map(_size, payload)) if isinstance(payload, list) else _size(payload)
-        return [self._by_value, self._handle] if size <= BY_VALUE_MAX_BYTES and self._by_value is not self._handle \
-            else [self._handle]
+        by_value = self._by_value is not self._by_reference and payload_bytes(payload) <= BY_VALUE_MAX_BYTES
+        handle = self._by_value if by_value else self._by_reference
+        return getattr(handle, method).remote(payload, *options), by_value
 
-    def _result(self, method: str, payload: Any, options: tuple):
-        """``method``'s answer, blocking; a failure raised as ``_raise_failure`` says."""
-        from deployments.responses import too_large_for_grpc
+    def _resolve(self, sent: tuple[Any, bool], method: str, payload: Any, options: tuple):
+        """The answer of a call ``_send`` started, blocking; an answer too large for a gRPC message
+        is asked for again by reference. Failures are raised as ``_failure`` says; a replica's own
+        cancellation, sent back by value, is its failure (a blocking caller cannot cancel)."""
+        from deployments.model_calls import too_large_for_grpc
 
-        *by_value, last = self._handles(payload)
+        response, by_value = sent
         try:
-            for handle in by_value:
-                try:
-                    return getattr(handle, method).remote(payload, *options).result()
-                except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
-                    if not too_large_for_grpc(exc):
-                        raise
-            return getattr(last, method).remote(payload, *options).result()
+            try:
+                return response.result()
+            except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
+                if not (by_value and too_large_for_grpc(exc)):
+                    raise
+            return getattr(self._by_reference, method).remote(payload, *options).result()
+        except asyncio.CancelledError:
+            raise _failure(None) from None
         except Exception as exc:
-            _raise_failure(exc)
+            failure = _failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     async def _answer(self, method: str, payload: Any, options: tuple):
-        """``_result`` without blocking."""
-        from deployments.responses import too_large_for_grpc
+        """``_resolve(_send(...))`` without blocking. The caller's own cancellation cancels the
+        call and propagates; the replica's, sent back by value, is its failure."""
+        from deployments.model_calls import too_large_for_grpc
 
-        *by_value, last = self._handles(payload)
+        response, by_value = self._send(method, payload, options)
         try:
-            for handle in by_value:
-                try:
-                    return await _awaited(getattr(handle, method).remote(payload, *options))
-                except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
-                    if not too_large_for_grpc(exc):
-                        raise
-            return await _awaited(getattr(last, method).remote(payload, *options))
+            try:
+                return await _awaited(response)
+            except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
+                if not (by_value and too_large_for_grpc(exc)):
+                    raise
+            return await _awaited(getattr(self._by_reference, method).remote(payload, *options))
         except Exception as exc:
-            _raise_failure(exc)
+            failure = _failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    def _result(self, method: str, payload: Any, options: tuple):
+        return self._resolve(self._send(method, payload, options), method, payload, options)
 
     @staticmethod
     def _options(classifiers, labels, unsafe_labels, threshold) -> tuple:
@@ -158,8 +174,8 @@ class InClusterClient:
         except Exception as exc:
             if not _older_replica(exc):
                 raise
-            with ThreadPoolExecutor(min(len(sendable), 16)) as pool:
-                outcomes = list(pool.map(lambda p: _outcome(self._result, "try_classify", p, options), sendable))
+            sent = [self._send("try_classify", p, options) for p in sendable]  # all at once, then each answer
+            outcomes = [_outcome(self._resolve, call, "try_classify", p, options) for call, p in zip(sent, sendable)]
         return _in_order(payloads, outcomes, start)
 
     async def aclassify_batch(
@@ -211,10 +227,6 @@ class InClusterClient:
         yield from chunks_in_threads(chunk_of, len(images), batch_size, concurrency, ordered)
 
 
-def _size(payload: bytes | np.ndarray) -> int:
-    return payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
-
-
 async def _awaited(response):
     """A handle call's answer. By value, a replica that stops sends its own cancellation back:
     unless this task is being cancelled, that is the replica's failure, not the caller's."""
@@ -224,24 +236,21 @@ async def _awaited(response):
         response.cancel()
         task = asyncio.current_task()
         if task is not None and not task.cancelling():
-            raise _unavailable() from None
+            raise _failure(None) from None
         raise
 
 
-def _unavailable() -> ModerationAPIError:
-    from deployments.responses import REPLICA_RESTARTING
+def _failure(exc: Exception | None) -> Exception:
+    """What a handle call that failed as a whole raises: the service's error where it has one, as
+    ``ModerationAPIError`` (503 ``model_unavailable`` for a replica that died, stopped or is
+    restarting, or ``exc`` None: it cancelled the call; 503 ``overloaded`` for Serve's back
+    pressure), else ``exc`` itself."""
+    from deployments.model_calls import REPLICA_RESTARTING, service_error
 
-    return ModerationAPIError(503, "model_unavailable", REPLICA_RESTARTING, None)
-
-
-def _raise_failure(exc: Exception) -> NoReturn:
-    """Raise what a handle call that failed as a whole raises: ``ModerationAPIError`` 503
-    ``model_unavailable`` when its replica died or is restarting (retry), else ``exc`` itself."""
-    from deployments.responses import replica_gone
-
-    if replica_gone(exc):
-        raise _unavailable() from exc
-    raise exc
+    error = ModerationError("model_unavailable", REPLICA_RESTARTING) if exc is None else service_error(exc)
+    if error is None:
+        return exc
+    return ModerationAPIError(error.status, error.code, error.message, None)
 
 
 def _outcome(call, *args):
@@ -289,6 +298,6 @@ def _in_order(payloads: list, outcomes: list, start: float) -> list[ClassifyResp
 
 
 def _older_replica(exc: BaseException) -> bool:
-    from deployments.responses import missing_method
+    from deployments.model_calls import missing_method
 
     return missing_method(exc, MANY_METHOD)

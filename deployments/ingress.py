@@ -26,10 +26,8 @@ from deployments.bank_routes import router as bank_router
 from deployments.metrics import IngressMetrics, buffer_handle_counter
 from deployments.openapi import BATCH_BODY, CLASSIFY_BODY
 from deployments.parsing import BodySizeLimit, body_limit, parse_batch_request, parse_classify_request
-from deployments.responses import (
-    BY_VALUE_MAX_BYTES, ERROR_RESPONSES, REPLICA_RESTARTING, as_moderation_error, install_error_handlers,
-    missing_method, request_id_of, too_large_for_grpc,
-)
+from deployments.model_calls import BY_VALUE_MAX_BYTES, REPLICA_RESTARTING, missing_method, too_large_for_grpc
+from deployments.responses import ERROR_RESPONSES, as_moderation_error, install_error_handlers, request_id_of
 from deployments.settings import IngressSettings
 
 logger = logging.getLogger("ray.serve")
@@ -67,7 +65,9 @@ class Ingress:
         self.fetcher, self.model, self.settings = fetcher, model, settings
         for handle in (fetcher, model):
             buffer_handle_counter(handle)  # before options(): the copy shares the buffered counter
-        self.model_by_value = model.options(_by_reference=False) if settings.uploads_by_value else model
+        # Both ways asked for by name: RAY_SERVE_THROUGHPUT_OPTIMIZED would make by value the default.
+        self.model = model.options(_by_reference=True)
+        self.model_by_value = model.options(_by_reference=False) if settings.uploads_by_value else self.model
         # Single-image uploads that arrive together share model calls (deployments/coalesce.py).
         self.uploads = UploadCoalescer(self._classify_group, settings.images_per_model_call,
                                        settings.coalesce_uploads_ms / 1000, settings.coalesce_min_out)

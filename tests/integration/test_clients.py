@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -341,25 +342,52 @@ def test_in_cluster_client_classifies_a_batch_in_one_call(base_url, tmp_path):
     assert in_cluster.classify_batch([]) == []
 
 
-def test_in_cluster_calls_too_large_to_go_by_value_go_through_the_object_store(base_url):
+class RecordingHandle:
+    """A real ``DeploymentHandle`` whose calls note how each went (``DeploymentResponse.by_reference``)."""
+
+    def __init__(self, handle, ways: list) -> None:
+        self.handle, self.ways = handle, ways
+
+    def __getattr__(self, method: str):
+        def remote(*args, **kwargs):
+            response = getattr(self.handle, method).remote(*args, **kwargs)
+            self.ways.append("reference" if response.by_reference else "value")
+            return response
+
+        return SimpleNamespace(remote=remote)
+
+
+def recording(client: InClusterClient) -> list:
+    ways: list = []
+    same = client._by_value is client._by_reference
+    client._by_reference = RecordingHandle(client._by_reference, ways)
+    client._by_value = client._by_reference if same else RecordingHandle(client._by_value, ways)
+    return ways
+
+
+def test_in_cluster_calls_go_by_value_up_to_2_mib_and_larger_ones_through_the_object_store(base_url):
     """By value, a replica's gRPC server takes messages up to 4 MiB: a call carrying more than
     ``BY_VALUE_MAX_BYTES`` of images goes by reference, and is answered like a small one. Sent by
     value anyway (without the threshold, and without asking again on gRPC RESOURCE_EXHAUSTED), the
     batch of 4.4 MiB fails as a whole."""
-    from deployments.responses import BY_VALUE_MAX_BYTES
+    from deployments.model_calls import BY_VALUE_MAX_BYTES
 
     big = noise_png(1024, seed=1)
     parts = [noise_png(700, seed=s) for s in (2, 3, 4)]
     assert len(big) > BY_VALUE_MAX_BYTES and sum(map(len, parts)) > 4 << 20 > max(map(len, parts))
     in_cluster = InClusterClient("moderation")
     by_reference = InClusterClient("moderation", by_value=False)
+    ways, reference_ways = recording(in_cluster), recording(by_reference)
+    small = in_cluster.classify_batch([parts[0], PHOTO], classifiers=["nudity"])
     assert in_cluster.classify(big, classifiers=["nudity"]).results["nudity"]
     answers = in_cluster.classify_batch([*parts, PHOTO], classifiers=["nudity"])
-    assert all(isinstance(answer, ClassifyResponse) for answer in answers), answers
-    for answer, alone in zip(answers, by_reference.classify_batch([*parts, PHOTO], classifiers=["nudity"])):
-        assert nudity_scores(answer) == pytest.approx(nudity_scores(alone), abs=1e-6)
     again = asyncio.run(in_cluster.aclassify_batch(parts, classifiers=["nudity"]))
-    assert all(isinstance(answer, ClassifyResponse) for answer in again), again
+    assert ways == ["value", "reference", "reference", "reference"]
+    assert all(isinstance(answer, ClassifyResponse) for answer in [*small, *answers, *again]), (small, answers, again)
+    for answer, alone in zip([*small, *answers], by_reference.classify_batch([parts[0], PHOTO, *parts, PHOTO],
+                                                                              classifiers=["nudity"])):
+        assert nudity_scores(answer) == pytest.approx(nudity_scores(alone), abs=1e-6)
+    assert reference_ways == ["reference"]
 
 
 @serve.deployment(name="ClipModel", ray_actor_options={"num_cpus": 0})

@@ -335,7 +335,7 @@ def test_uploads_too_large_to_go_by_value_go_through_the_object_store(http):
     server takes messages up to 4 MiB; a call carrying more than ``BY_VALUE_MAX_BYTES`` goes by
     reference. A single upload of 3 MiB, and three of 1.5 MiB in one model call (4.4 MiB: more
     than the gRPC limit), are answered like small ones."""
-    from deployments.responses import BY_VALUE_MAX_BYTES
+    from deployments.model_calls import BY_VALUE_MAX_BYTES
 
     big = noise_png(1024, seed=1)
     parts = [noise_png(700, seed=s) for s in (2, 3, 4)]

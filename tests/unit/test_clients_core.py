@@ -16,7 +16,8 @@ from clients.core import PIL_MAX_SIDE, RetryPolicy, api_error, build_request, ch
 from clients.errors import ModerationAPIError
 from clients.in_cluster import _in_order, _loaded
 from clients.results import ManyResult
-from deployments.responses import as_moderation_error, missing_method
+from deployments.model_calls import missing_method
+from deployments.responses import as_moderation_error
 
 
 def test_urls_go_as_json_and_files_as_multipart_with_json_lists():

@@ -1,7 +1,7 @@
 """How ``InClusterClient`` calls the model, with fake handles behind the same interface: which
 handle a call takes (by value up to ``BY_VALUE_MAX_BYTES`` of images), an answer too large for a
-gRPC message asked for again by reference, and a replica that died or stopped as the same 503
-``model_unavailable`` an HTTP caller gets."""
+gRPC message asked for again by reference, the service's errors as the ``ModerationAPIError``
+an HTTP caller gets, and the per-image calls to a replica of an older version."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc.aio import AioRpcError, Metadata
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.exceptions import BackPressureError, RayServeException
 
+from classifiers.errors import ModerationError
 from clients.errors import ModerationAPIError
 from clients.in_cluster import InClusterClient
-from deployments.responses import BY_VALUE_MAX_BYTES
+from deployments.model_calls import BY_VALUE_MAX_BYTES
 
 
 def rpc_error(code: grpc.StatusCode) -> AioRpcError:
@@ -26,10 +28,11 @@ def rpc_error(code: grpc.StatusCode) -> AioRpcError:
 class FakeResponse:
     """Like a ``DeploymentResponse``: ``result()`` and ``await`` answer ``outcome`` or raise it."""
 
-    def __init__(self, outcome) -> None:
-        self.outcome, self.cancelled = outcome, False
+    def __init__(self, outcome, log: list, name: str) -> None:
+        self.outcome, self.log, self.name, self.cancelled = outcome, log, name, False
 
     def result(self):
+        self.log.append(("result", self.name))
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
@@ -44,25 +47,25 @@ class FakeResponse:
 
 
 class FakeHandle:
-    """``handle.<method>.remote(payload, *options)`` records the call and answers the next outcome."""
+    """``handle.<method>.remote(payload, *options)`` logs the call and answers the next outcome."""
 
-    def __init__(self, name: str, outcomes: list, calls: list) -> None:
-        self.name, self.outcomes, self.calls = name, outcomes, calls
+    def __init__(self, name: str, outcomes: list, log: list) -> None:
+        self.name, self.outcomes, self.log = name, outcomes, log
 
     def __getattr__(self, method: str):
         def remote(payload, *options):
-            self.calls.append((self.name, method))
-            return FakeResponse(self.outcomes.pop(0))
+            self.log.append((self.name, method))
+            return FakeResponse(self.outcomes.pop(0), self.log, self.name)
 
         return SimpleNamespace(remote=remote)
 
 
 def fake_client(by_value: list, by_reference: list):
-    calls: list = []
+    log: list = []
     client = InClusterClient.__new__(InClusterClient)
-    client._handle = FakeHandle("reference", by_reference, calls)
-    client._by_value = FakeHandle("value", by_value, calls)
-    return client, calls
+    client._by_reference = FakeHandle("reference", by_reference, log)
+    client._by_value = FakeHandle("value", by_value, log)
+    return client, log
 
 
 def answer(client, method: str, payload, asynchronous: bool):
@@ -72,51 +75,145 @@ def answer(client, method: str, payload, asynchronous: bool):
     return client._result(method, payload, options)
 
 
+def sent(log: list) -> list[str]:
+    return [name for name, _ in log if name != "result"]
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_calls_that_fit_go_by_value_and_larger_ones_by_reference(asynchronous):
-    client, calls = fake_client(by_value=["small", "array", "batch"], by_reference=["large", "large batch"])
+    client, log = fake_client(by_value=["small", "array", "batch"], by_reference=["large", "large batch"])
     assert answer(client, "try_classify", b"x" * BY_VALUE_MAX_BYTES, asynchronous) == "small"
     assert answer(client, "try_classify", b"x" * (BY_VALUE_MAX_BYTES + 1), asynchronous) == "large"
     assert answer(client, "try_classify", np.zeros(BY_VALUE_MAX_BYTES, np.uint8), asynchronous) == "array"
     half = b"x" * (BY_VALUE_MAX_BYTES // 2)
     assert answer(client, "try_classify_many", [half, half], asynchronous) == "batch"
     assert answer(client, "try_classify_many", [half, half, b"x"], asynchronous) == "large batch"
-    assert [name for name, _ in calls] == ["value", "reference", "value", "value", "reference"]
+    assert sent(log) == ["value", "reference", "value", "value", "reference"]
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+def test_the_constructor_asks_for_each_way_by_name(monkeypatch, by_value):
+    asked = []
+
+    class Handle:
+        def options(self, **options):
+            asked.append(options)
+            return SimpleNamespace(by_reference=options["_by_reference"])
+
+    monkeypatch.setattr("ray.serve.get_deployment_handle", lambda name, app_name: Handle())
+    client = InClusterClient("moderation", by_value=by_value)
+    assert client._by_reference.by_reference is True
+    assert client._by_value.by_reference is (not by_value)
+    assert asked == ([{"_by_reference": True}, {"_by_reference": False}] if by_value else [{"_by_reference": True}])
 
 
 def test_by_value_off_sends_every_call_by_reference():
-    calls: list = []
+    log: list = []
     client = InClusterClient.__new__(InClusterClient)
-    client._handle = client._by_value = FakeHandle("reference", ["a"], calls)
-    assert answer(client, "try_classify", b"x", False) == "a" and calls == [("reference", "try_classify")]
+    client._by_reference = client._by_value = FakeHandle("reference", ["a"], log)
+    assert answer(client, "try_classify", b"x", False) == "a" and sent(log) == ["reference"]
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_an_answer_too_large_for_grpc_is_asked_for_again_by_reference(asynchronous):
-    client, calls = fake_client(by_value=[rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)], by_reference=[["a", "b"]])
+    client, log = fake_client(by_value=[rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)], by_reference=[["a", "b"]])
     assert answer(client, "try_classify_many", [b"x", b"y"], asynchronous) == ["a", "b"]
-    assert calls == [("value", "try_classify_many"), ("reference", "try_classify_many")]
+    assert sent(log) == ["value", "reference"]
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-@pytest.mark.parametrize("failure", [rpc_error(grpc.StatusCode.UNAVAILABLE), rpc_error(grpc.StatusCode.CANCELLED),
-                                     rpc_error(grpc.StatusCode.ABORTED), ActorDiedError()])
+def test_too_large_by_reference_is_not_asked_again(asynchronous):
+    client, log = fake_client(by_value=[], by_reference=[rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)])
+    with pytest.raises(AioRpcError):
+        answer(client, "try_classify", b"x" * (BY_VALUE_MAX_BYTES + 1), asynchronous)
+    assert sent(log) == ["reference"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("failure", [rpc_error(grpc.StatusCode.CANCELLED), rpc_error(grpc.StatusCode.ABORTED),
+                                     ActorUnavailableError("gone", b"\0" * 16), ActorDiedError(),
+                                     asyncio.CancelledError()])
 def test_a_replica_that_died_or_stopped_is_a_retryable_503(failure, asynchronous):
-    client, calls = fake_client(by_value=[failure], by_reference=[])
+    """By value, a replica that stops sends its own cancellation back: neither a blocking caller
+    nor an async one that is not being cancelled asked for it."""
+    client, log = fake_client(by_value=[failure], by_reference=[])
     with pytest.raises(ModerationAPIError) as raised:
         answer(client, "try_classify", b"x", asynchronous)
-    assert (raised.value.status, raised.value.code) == (503, "model_unavailable") and len(calls) == 1
+    assert (raised.value.status, raised.value.code) == (503, "model_unavailable") and sent(log) == ["value"]
 
 
-def test_the_replicas_own_cancellation_sent_back_by_value_is_a_503_not_the_callers():
-    client, _ = fake_client(by_value=[asyncio.CancelledError()], by_reference=[])
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_full_queue_is_a_retryable_503_overloaded(asynchronous):
+    client, _ = fake_client(by_value=[BackPressureError(num_queued_requests=128, max_queued_requests=128)],
+                            by_reference=[])
     with pytest.raises(ModerationAPIError) as raised:
-        answer(client, "try_classify", b"x", True)
-    assert raised.value.code == "model_unavailable"
+        answer(client, "try_classify", b"x", asynchronous)
+    assert (raised.value.status, raised.value.code) == (503, "overloaded")
+
+
+def test_a_caller_that_is_cancelled_cancels_its_call_and_is_cancelled():
+    responses = []
+
+    class Slow(FakeResponse):
+        def __await__(self):
+            return asyncio.sleep(30).__await__()
+
+    class Handle:
+        def __getattr__(self, method):
+            def remote(*args):
+                responses.append(Slow(None, [], "value"))
+                return responses[-1]
+
+            return SimpleNamespace(remote=remote)
+
+    client = InClusterClient.__new__(InClusterClient)
+    client._by_value, client._by_reference = Handle(), Handle()
+
+    async def scenario():
+        task = asyncio.ensure_future(client._answer("try_classify", b"x", (None, None, (), None)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert len(responses) == 1 and responses[0].cancelled
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_other_failures_are_raised_as_they_are(asynchronous):
-    client, _ = fake_client(by_value=[rpc_error(grpc.StatusCode.INVALID_ARGUMENT)], by_reference=[])
-    with pytest.raises(AioRpcError):
+    failure = rpc_error(grpc.StatusCode.INVALID_ARGUMENT)
+    client, _ = fake_client(by_value=[failure], by_reference=[])
+    with pytest.raises(AioRpcError) as raised:
         answer(client, "try_classify", b"x", asynchronous)
+    assert raised.value is failure and raised.value.__cause__ is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_older_replica_gets_every_image_sent_at_once_and_each_fails_alone(asynchronous):
+    older = RayServeException("Tried to call a method 'try_classify_many' that does not exist.")
+    good = SimpleNamespace(code="ok")  # what _response turns into a ClassifyResponse is not under test here
+    client, log = fake_client(by_value=[older, good, ActorDiedError(), ModerationError("unsupported_media_type", "no")],
+                              by_reference=[])
+
+    def run():
+        import clients.in_cluster as module
+
+        original = module._item
+        module._item = lambda result, start: result  # the outcomes themselves, in order
+        try:
+            if asynchronous:
+                return asyncio.run(client.aclassify_batch([b"a", b"b", b"c"]))
+            return client.classify_batch([b"a", b"b", b"c"])
+        finally:
+            module._item = original
+
+    outcomes = run()
+    assert outcomes[0] is good
+    assert isinstance(outcomes[1], ModerationAPIError) and outcomes[1].code == "model_unavailable"
+    assert isinstance(outcomes[2], ModerationAPIError) and (outcomes[2].status, outcomes[2].code) == (
+        415, "unsupported_media_type")  # a replica's error raised, not returned: the same error as over HTTP
+    calls = [entry for entry in log if entry[0] != "result"]
+    assert calls == [("value", "try_classify_many")] + [("value", "try_classify")] * 3
+    if not asynchronous:  # every per-image call sent before the first answer is awaited
+        assert [entry[0] for entry in log[2:]] == ["value", "value", "value", "result", "result", "result"]

@@ -13,7 +13,8 @@ from grpc.aio import AioRpcError, Metadata
 
 from classifiers.errors import ModerationError
 from deployments.ingress import Ingress
-from deployments.responses import BY_VALUE_MAX_BYTES, as_moderation_error, too_large_for_grpc
+from deployments.model_calls import BY_VALUE_MAX_BYTES, too_large_for_grpc
+from deployments.responses import as_moderation_error
 
 IngressClass = Ingress.func_or_class
 
