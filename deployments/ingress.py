@@ -106,12 +106,18 @@ class Ingress:
                 raise _TooLargeByValue from None
             raise as_moderation_error(exc) from None
 
+    @property
+    def wait_limit_s(self) -> float:
+        """How long an image may wait in a model replica for a forward pass before it answers 503
+        ``overloaded`` instead (``ClipModel.try_classify``): twice the admission queue's deadline."""
+        return 2 * self.settings.queue_deadline_ms / 1000
+
     async def _call_model(self, method: str, payload, size: int, model_kwargs: dict, many: bool = False):
         """``method`` of a model replica on ``payload`` (``size`` bytes of uploads): by value
         where they fit (``BY_VALUE_MAX_BYTES``), else through the object store; an answer too
         large for Serve's gRPC messages (4 MiB: many faces or bank matches) is asked for again
         by reference."""
-        wait_limit_s = 2 * self.settings.queue_deadline_ms / 1000
+        wait_limit_s = self.wait_limit_s
         model = self.model_by_value if size <= BY_VALUE_MAX_BYTES else self.model
         try:
             return await self._call(getattr(model, method).remote(payload, wait_limit_s=wait_limit_s, **model_kwargs),
@@ -129,8 +135,7 @@ class Ingress:
                 return await self._call_model("try_classify", data, len(data), model_kwargs)
             # The fetcher's bytes go to the model through the object store, not through here.
             return await self._call(self.model.try_classify.remote(
-                self.fetcher.fetch.remote(url), wait_limit_s=2 * self.settings.queue_deadline_ms / 1000,
-                **model_kwargs))
+                self.fetcher.fetch.remote(url), wait_limit_s=self.wait_limit_s, **model_kwargs))
         except ModerationError as error:
             return error
 

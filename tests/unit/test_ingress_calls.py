@@ -56,7 +56,7 @@ class FakeHandle:
 
 def fake_ingress(by_value: list, by_reference: list):
     calls: list = []
-    ingress = SimpleNamespace(settings=SimpleNamespace(queue_deadline_ms=500, request_timeout_s=5),
+    ingress = SimpleNamespace(settings=SimpleNamespace(request_timeout_s=5), wait_limit_s=1.0,
                               model=FakeHandle("reference", by_reference, calls),
                               model_by_value=FakeHandle("value", by_value, calls))
     ingress._call = lambda *args, **kwargs: IngressClass._call(ingress, *args, **kwargs)
