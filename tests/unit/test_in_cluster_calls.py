@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
-from grpc.aio import AioRpcError, Metadata
+from grpc.aio import AioRpcError
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
@@ -19,45 +19,7 @@ from classifiers.errors import ModerationError
 from clients.errors import ModerationAPIError
 from clients.in_cluster import InClusterClient
 from deployments.model_calls import BY_VALUE_MAX_BYTES
-
-
-def rpc_error(code: grpc.StatusCode) -> AioRpcError:
-    return AioRpcError(code, Metadata(), Metadata(), f"{code.name} from the fake")
-
-
-class FakeResponse:
-    """Like a ``DeploymentResponse``: ``result()`` and ``await`` answer ``outcome`` or raise it."""
-
-    def __init__(self, outcome, log: list, name: str) -> None:
-        self.outcome, self.log, self.name, self.cancelled = outcome, log, name, False
-
-    def result(self):
-        self.log.append(("result", self.name))
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-    def __await__(self):
-        if False:
-            yield
-        return self.result()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeHandle:
-    """``handle.<method>.remote(payload, *options)`` logs the call and answers the next outcome."""
-
-    def __init__(self, name: str, outcomes: list, log: list) -> None:
-        self.name, self.outcomes, self.log = name, outcomes, log
-
-    def __getattr__(self, method: str):
-        def remote(payload, *options):
-            self.log.append((self.name, method))
-            return FakeResponse(self.outcomes.pop(0), self.log, self.name)
-
-        return SimpleNamespace(remote=remote)
+from fake_handles import FakeHandle, FakeResponse, calls_in, rpc_error
 
 
 def fake_client(by_value: list, by_reference: list):
@@ -76,7 +38,7 @@ def answer(client, method: str, payload, asynchronous: bool):
 
 
 def sent(log: list) -> list[str]:
-    return [name for name, _ in log if name != "result"]
+    return [entry[0] for entry in calls_in(log)]
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
@@ -213,7 +175,6 @@ def test_an_older_replica_gets_every_image_sent_at_once_and_each_fails_alone(asy
     assert isinstance(outcomes[1], ModerationAPIError) and outcomes[1].code == "model_unavailable"
     assert isinstance(outcomes[2], ModerationAPIError) and (outcomes[2].status, outcomes[2].code) == (
         415, "unsupported_media_type")  # a replica's error raised, not returned: the same error as over HTTP
-    calls = [entry for entry in log if entry[0] != "result"]
-    assert calls == [("value", "try_classify_many")] + [("value", "try_classify")] * 3
+    assert [entry[:2] for entry in calls_in(log)] == [("value", "try_classify_many")] + [("value", "try_classify")] * 3
     if not asynchronous:  # every per-image call sent before the first answer is awaited
         assert [entry[0] for entry in log[2:]] == ["value", "value", "value", "result", "result", "result"]

@@ -9,49 +9,14 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from grpc.aio import AioRpcError, Metadata
 
 from classifiers.errors import ModerationError
 from deployments.ingress import Ingress
 from deployments.model_calls import BY_VALUE_MAX_BYTES, too_large_for_grpc
 from deployments.responses import as_moderation_error
+from fake_handles import FakeHandle, FakeResponse, calls_in, rpc_error
 
 IngressClass = Ingress.func_or_class
-
-
-def rpc_error(code: grpc.StatusCode) -> AioRpcError:
-    return AioRpcError(code, Metadata(), Metadata(), f"{code.name} from the fake")
-
-
-class FakeResponse:
-    """Awaitable like a ``DeploymentResponse``: answers ``outcome``, or raises it."""
-
-    def __init__(self, outcome) -> None:
-        self.outcome, self.cancelled = outcome, False
-
-    def __await__(self):
-        if False:
-            yield
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeHandle:
-    """``handle.<method>.remote(...)`` records the call and answers the next outcome."""
-
-    def __init__(self, name: str, outcomes: list, calls: list) -> None:
-        self.name, self.outcomes, self.calls = name, outcomes, calls
-
-    def __getattr__(self, method: str):
-        def remote(payload, **kwargs):
-            self.calls.append((self.name, method, payload))
-            return FakeResponse(self.outcomes.pop(0))
-
-        return SimpleNamespace(remote=remote)
 
 
 def fake_ingress(by_value: list, by_reference: list):
@@ -71,14 +36,14 @@ def test_uploads_that_fit_go_by_value_and_larger_ones_by_reference():
     ingress, calls = fake_ingress(by_value=["small"], by_reference=["large"])
     assert call_model(ingress, BY_VALUE_MAX_BYTES) == "small"
     assert call_model(ingress, BY_VALUE_MAX_BYTES + 1) == "large"
-    assert [name for name, _, _ in calls] == ["value", "reference"]
+    assert [name for name, _, _ in calls_in(calls)] == ["value", "reference"]
 
 
 def test_an_answer_too_large_for_grpc_is_asked_for_again_by_reference():
     ingress, calls = fake_ingress(by_value=[rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED)],
                                   by_reference=[["a", "b"]])
     assert call_model(ingress, 1000, "try_classify_many", many=True) == ["a", "b"]
-    assert calls == [("value", "try_classify_many", b"image"), ("reference", "try_classify_many", b"image")]
+    assert calls_in(calls) == [("value", "try_classify_many", b"image"), ("reference", "try_classify_many", b"image")]
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED])
@@ -86,7 +51,7 @@ def test_a_replica_that_stops_under_a_call_by_value_is_a_retryable_503(code):
     ingress, calls = fake_ingress(by_value=[rpc_error(code)], by_reference=[])
     with pytest.raises(ModerationError) as raised:
         call_model(ingress, 10)
-    assert raised.value.code == "model_unavailable" and len(calls) == 1
+    assert raised.value.code == "model_unavailable" and len(calls_in(calls)) == 1
 
 
 def test_the_replicas_own_cancellation_sent_back_by_value_is_a_503_not_the_callers():
@@ -105,7 +70,7 @@ def test_a_caller_that_leaves_still_cancels_its_call():
 
     async def scenario():
         ingress = SimpleNamespace(settings=SimpleNamespace(request_timeout_s=60))
-        response = Slow(None)
+        response = Slow(None, [], "value")
         responses.append(response)
         task = asyncio.ensure_future(IngressClass._call(ingress, response))
         await asyncio.sleep(0.05)
