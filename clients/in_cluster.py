@@ -8,6 +8,7 @@ arrays, skipping the HTTP proxy and the ingress. Outside the cluster, use ``Mode
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -21,6 +22,8 @@ from classifiers.schemas import ClassifyResponse
 from clients.core import chunks_in_threads
 from clients.errors import ModerationAPIError
 from clients.results import ManyResult
+
+logger = logging.getLogger(__name__)
 
 MODEL_DEPLOYMENT = "ClipModel"
 MANY_METHOD = "try_classify_many"
@@ -87,6 +90,7 @@ class InClusterClient:
             except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
                 if not (by_value and too_large_for_grpc(exc)):
                     raise
+            logger.warning("a %s call was too large for a gRPC message; asked again by reference", method)
             return getattr(self._by_reference, method).remote(payload, *options).result()
         except asyncio.CancelledError:
             raise _failure(None) from None
@@ -108,6 +112,7 @@ class InClusterClient:
             except Exception as exc:  # noqa: BLE001 - one kind is asked again, the rest raised below
                 if not (by_value and too_large_for_grpc(exc)):
                     raise
+            logger.warning("a %s call was too large for a gRPC message; asked again by reference", method)
             return await _awaited(getattr(self._by_reference, method).remote(payload, *options))
         except Exception as exc:
             failure = _failure(exc)
@@ -174,8 +179,10 @@ class InClusterClient:
         except Exception as exc:
             if not _older_replica(exc):
                 raise
-            sent = [self._send("try_classify", p, options) for p in sendable]  # all at once, then each answer
-            outcomes = [_outcome(self._resolve, call, "try_classify", p, options) for call, p in zip(sent, sendable)]
+            # Every image's call sent first, then each answer awaited: they run at once, as by HTTP.
+            sent = [_outcome(self._send, "try_classify", p, options) for p in sendable]
+            outcomes = [call if isinstance(call, Exception) else _outcome(self._resolve, call, "try_classify", p, options)
+                        for call, p in zip(sent, sendable)]
         return _in_order(payloads, outcomes, start)
 
     async def aclassify_batch(

@@ -24,9 +24,11 @@ def payload_bytes(payload: bytes | np.ndarray | Sequence[bytes | np.ndarray]) ->
     """Bytes of images a call carries: an upload's, an array's pixels, or a list's sum."""
     if isinstance(payload, np.ndarray):
         return payload.nbytes
-    if isinstance(payload, (bytes, bytearray)):
+    if isinstance(payload, (bytes, bytearray, memoryview)):
         return len(payload)
-    return sum(map(payload_bytes, payload))
+    if isinstance(payload, (list, tuple)):
+        return sum(map(payload_bytes, payload))
+    raise TypeError(f"not image data: {type(payload).__name__}")
 
 
 def _causes(exc: BaseException):

@@ -367,9 +367,9 @@ def recording(client: InClusterClient) -> list:
 
 def test_in_cluster_calls_go_by_value_up_to_2_mib_and_larger_ones_through_the_object_store(base_url):
     """By value, a replica's gRPC server takes messages up to 4 MiB: a call carrying more than
-    ``BY_VALUE_MAX_BYTES`` of images goes by reference, and is answered like a small one. Sent by
-    value anyway (without the threshold, and without asking again on gRPC RESOURCE_EXHAUSTED), the
-    batch of 4.4 MiB fails as a whole."""
+    ``BY_VALUE_MAX_BYTES`` of images goes by reference, and is answered like a small one. (Sent by
+    value anyway, without the threshold and without asking again on gRPC RESOURCE_EXHAUSTED, the
+    batch of 4.4 MiB failed as a whole when this test was written: that is what the threshold spares.)"""
     from deployments.model_calls import BY_VALUE_MAX_BYTES
 
     big = noise_png(1024, seed=1)

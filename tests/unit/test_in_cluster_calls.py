@@ -178,3 +178,28 @@ def test_an_older_replica_gets_every_image_sent_at_once_and_each_fails_alone(asy
     assert [entry[:2] for entry in calls_in(log)] == [("value", "try_classify_many")] + [("value", "try_classify")] * 3
     if not asynchronous:  # every per-image call sent before the first answer is awaited
         assert [entry[0] for entry in log[2:]] == ["value", "value", "value", "result", "result", "result"]
+
+
+def test_images_are_counted_in_bytes_sent_pixels_included():
+    from deployments.model_calls import payload_bytes
+
+    arrays = [np.zeros((768, 1024, 3), np.uint8)] * 2
+    assert payload_bytes(arrays) == 2 * 768 * 1024 * 3 > BY_VALUE_MAX_BYTES
+    assert payload_bytes([b"abc", np.zeros(5, np.uint8)]) == 8
+    with pytest.raises(TypeError):
+        payload_bytes("photo.jpg")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_failed_batch_call_is_not_sent_again_image_by_image(asynchronous):
+    """Only a replica without ``try_classify_many`` gets a call per image: back pressure on a batch
+    must not become one call per image."""
+    full = BackPressureError(num_queued_requests=128, max_queued_requests=128)
+    client, log = fake_client(by_value=[full], by_reference=[])
+    with pytest.raises(ModerationAPIError) as raised:
+        if asynchronous:
+            asyncio.run(client.aclassify_batch([b"a", b"b"]))
+        else:
+            client.classify_batch([b"a", b"b"])
+    assert raised.value.code == "overloaded" and isinstance(raised.value.__cause__, BackPressureError)
+    assert sent(log) == ["value"]

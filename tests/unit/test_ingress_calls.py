@@ -88,3 +88,27 @@ def test_grpc_codes_as_the_services_errors():
     assert not too_large_for_grpc(RuntimeError("RESOURCE_EXHAUSTED"))
     assert as_moderation_error(rpc_error(grpc.StatusCode.CANCELLED)).code == "model_unavailable"
     assert as_moderation_error(rpc_error(grpc.StatusCode.INVALID_ARGUMENT)).code == "internal_error"
+
+
+class OptionsHandle:
+    """A handle whose ``options(**kw)`` returns a handle that remembers them."""
+
+    def __init__(self, options: dict | None = None) -> None:
+        self.asked = options
+
+    def options(self, **options):
+        return OptionsHandle(options)
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+def test_the_ingress_asks_for_each_way_by_name(by_value):
+    """By reference named too: ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` would make by value the default,
+    and a URL's call, which carries the fetcher's response, must go by reference."""
+    from deployments.settings import IngressSettings
+
+    user_class = IngressClass.__mro__[1]  # under serve.ingress's ASGI wrapper
+    ingress = object.__new__(user_class)
+    user_class.__init__(ingress, OptionsHandle(), OptionsHandle(), IngressSettings(uploads_by_value=by_value))
+    assert ingress.model.asked == {"_by_reference": True}
+    assert ingress.model_by_value.asked == {"_by_reference": not by_value}
+    assert ingress.wait_limit_s == 2 * IngressSettings().queue_deadline_ms / 1000
