@@ -80,7 +80,10 @@ class InClusterClient:
     def _resolve(self, sent: tuple[Any, bool], method: str, payload: Any, options: tuple):
         """The answer of a call ``_send`` started, blocking; an answer too large for a gRPC message
         is asked for again by reference. Failures are raised as ``_failure`` says; a replica's own
-        cancellation, sent back by value, is its failure (a blocking caller cannot cancel)."""
+        cancellation, sent back by value (or as Serve's ``RequestCancelledError``), is its failure: a
+        blocking caller cannot cancel."""
+        from ray.serve.exceptions import RequestCancelledError
+
         from deployments.model_calls import too_large_for_grpc
 
         response, by_value = sent
@@ -92,7 +95,7 @@ class InClusterClient:
                     raise
             logger.warning("a %s call was too large for a gRPC message; asked again by reference", method)
             return getattr(self._by_reference, method).remote(payload, *options).result()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, RequestCancelledError):
             raise _failure(None) from None
         except Exception as exc:
             failure = _failure(exc)
@@ -236,10 +239,13 @@ class InClusterClient:
 
 async def _awaited(response):
     """A handle call's answer. By value, a replica that stops sends its own cancellation back:
-    unless this task is being cancelled, that is the replica's failure, not the caller's."""
+    unless this task is being cancelled, that is the replica's failure, not the caller's (so is
+    Serve's ``RequestCancelledError``: this client never cancels a call its caller still awaits)."""
+    from ray.serve.exceptions import RequestCancelledError
+
     try:
         return await response
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, RequestCancelledError):
         response.cancel()
         task = asyncio.current_task()
         if task is not None and not task.cancelling():

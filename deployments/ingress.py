@@ -66,6 +66,8 @@ class Ingress:
         for handle in (fetcher, model):
             buffer_handle_counter(handle)  # before options(): the copy shares the buffered counter
         # Both ways asked for by name: RAY_SERVE_THROUGHPUT_OPTIMIZED would make by value the default.
+        # The fetcher's answer goes to the model as a call's argument: by reference, through Ray.
+        self.fetcher = fetcher.options(_by_reference=True)
         self.model = model.options(_by_reference=True)
         self.model_by_value = model.options(_by_reference=False) if settings.uploads_by_value else self.model
         # Single-image uploads that arrive together share model calls (deployments/coalesce.py).

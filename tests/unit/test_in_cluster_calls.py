@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from grpc.aio import AioRpcError
 from ray.exceptions import ActorDiedError, ActorUnavailableError
-from ray.serve.exceptions import BackPressureError, RayServeException
+from ray.serve.exceptions import BackPressureError, RayServeException, RequestCancelledError
 
 from classifiers.errors import ModerationError
 from clients.errors import ModerationAPIError
@@ -94,7 +94,7 @@ def test_too_large_by_reference_is_not_asked_again(asynchronous):
 @pytest.mark.parametrize("asynchronous", [False, True])
 @pytest.mark.parametrize("failure", [rpc_error(grpc.StatusCode.CANCELLED), rpc_error(grpc.StatusCode.ABORTED),
                                      ActorUnavailableError("gone", b"\0" * 16), ActorDiedError(),
-                                     asyncio.CancelledError()])
+                                     asyncio.CancelledError(), RequestCancelledError("r")])
 def test_a_replica_that_died_or_stopped_is_a_retryable_503(failure, asynchronous):
     """By value, a replica that stops sends its own cancellation back: neither a blocking caller
     nor an async one that is not being cancelled asked for it."""

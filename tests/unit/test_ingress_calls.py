@@ -109,6 +109,6 @@ def test_the_ingress_asks_for_each_way_by_name(by_value):
     user_class = IngressClass.__mro__[1]  # under serve.ingress's ASGI wrapper
     ingress = object.__new__(user_class)
     user_class.__init__(ingress, OptionsHandle(), OptionsHandle(), IngressSettings(uploads_by_value=by_value))
-    assert ingress.model.asked == {"_by_reference": True}
+    assert ingress.model.asked == ingress.fetcher.asked == {"_by_reference": True}
     assert ingress.model_by_value.asked == {"_by_reference": not by_value}
     assert ingress.wait_limit_s == 2 * IngressSettings().queue_deadline_ms / 1000
